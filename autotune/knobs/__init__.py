@@ -1,0 +1,1 @@
+"""How each policy knob touches torch: optimizers and LR schedules, precision, pruning."""

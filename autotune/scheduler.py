@@ -1,0 +1,323 @@
+"""Multi-objective early stopping: rung schedule, the pure promotion rule, and its Ray Tune scheduler."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from autotune import pareto
+from autotune.errors import StudyError
+from autotune.pareto import Objective
+
+if TYPE_CHECKING:
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+Decision = Literal["continue", "stop"]
+
+_STATE_VERSION = 1
+_RUNGS_FIX = 'Write the rungs as ascending epochs ("3,9,27") or as "grace=3,eta=3"; "eta=N" may follow either.'
+
+
+@dataclass(frozen=True)
+class RungSchedule:
+    """Epochs at which trials are compared (each < max_epochs, ascending) and the promotion ratio eta.
+
+    Epochs count from 1: rung 3 is decided on the result reported after the third epoch.
+    """
+
+    rungs: tuple[int, ...]
+    max_epochs: int
+    eta: int = 3
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.max_epochs, int) or self.max_epochs < 1:
+            problems.append(f"max_epochs must be an integer >= 1, but got {self.max_epochs!r}")
+        if not isinstance(self.eta, int) or self.eta < 2:
+            problems.append(f"eta must be an integer >= 2, but got {self.eta!r}")
+        rungs = tuple(self.rungs)
+        if not all(isinstance(r, int) and r >= 1 for r in rungs):
+            problems.append(f"rungs must be integers >= 1, but got {rungs!r}")
+        elif any(b <= a for a, b in zip(rungs, rungs[1:], strict=False)):
+            problems.append(f"rungs must be strictly ascending, but got {rungs!r}")
+        elif isinstance(self.max_epochs, int) and rungs and rungs[-1] >= self.max_epochs:
+            problems.append(
+                f"every rung must be < max_epochs={self.max_epochs}, but got {rungs!r}"
+            )
+        if problems:
+            raise StudyError("Invalid rung schedule: " + "; ".join(problems) + ".", fix=_RUNGS_FIX)
+        object.__setattr__(self, "rungs", rungs)
+
+    @classmethod
+    def geometric(cls, grace: int, eta: int, max_epochs: int) -> RungSchedule:
+        """Rungs at grace * eta**k for k = 0, 1, ... while below max_epochs (none if grace >= max_epochs)."""
+        if not isinstance(grace, int) or grace < 1:
+            raise StudyError(f"grace must be an integer >= 1, but got {grace=!r}.", fix=_RUNGS_FIX)
+        if not isinstance(eta, int) or eta < 2:
+            raise StudyError(f"eta must be an integer >= 2, but got {eta=!r}.", fix=_RUNGS_FIX)
+        rungs = []
+        r = grace
+        while r < max_epochs:
+            rungs.append(r)
+            r *= eta
+        return cls(rungs=tuple(rungs), max_epochs=max_epochs, eta=eta)
+
+    @classmethod
+    def parse(cls, text: str, max_epochs: int) -> RungSchedule:
+        """Parse "3,9,27" (eta 3), "3,9,27,eta=2" or "grace=3,eta=3"; rungs >= max_epochs are dropped."""
+        rungs: list[int] = []
+        keys: dict[str, int] = {}
+        problems = []
+        tokens = [t.strip() for t in str(text).split(",")]
+        if not any(tokens):
+            raise StudyError(f"Rung schedule is empty: {text!r}.", fix=_RUNGS_FIX)
+        for tok in tokens:
+            name, sep, value = tok.partition("=")
+            name, value = name.strip(), value.strip()
+            if sep and name not in ("grace", "eta"):
+                problems.append(f"unknown key {name!r} (must be one of ['eta', 'grace'])")
+            elif sep and name in keys:
+                problems.append(f"{name!r} given twice")
+            elif not (value if sep else name).isdigit():
+                problems.append(
+                    f"{tok!r} is not a positive integer" + (" setting" if sep else " epoch")
+                )
+            elif sep:
+                keys[name] = int(value)
+            else:
+                rungs.append(int(name))
+        if rungs and "grace" in keys:
+            problems.append("give either explicit rungs or grace=, not both")
+        if not rungs and "grace" not in keys and not problems:
+            problems.append("no rungs and no grace= given")
+        if problems:
+            raise StudyError(
+                f"Cannot parse rung schedule {text!r}: " + "; ".join(problems) + ".",
+                fix=_RUNGS_FIX,
+            )
+        eta = keys.get("eta", 3)
+        if "grace" in keys:
+            return cls.geometric(keys["grace"], eta, max_epochs)
+        return cls(rungs=tuple(r for r in rungs if r < max_epochs), max_epochs=max_epochs, eta=eta)
+
+
+class MultiObjectiveRungs:
+    """Asynchronous successive halving whose promotion rule is non-dominated sorting (no Ray here).
+
+    At a rung, a trial's objective vector is recorded once; it continues iff its position in
+    `pareto.front_order` of everything recorded at that rung (itself included) is < ceil(n / eta).
+    Like ASHA the decision is made on arrival, against whoever reached the rung before: the first
+    trial always continues, later ones compete with a growing field.
+    """
+
+    def __init__(self, objectives: Sequence[Objective], schedule: RungSchedule) -> None:
+        objs = [tuple(o) for o in objectives]
+        problems = []
+        if not objs:
+            problems.append("no objectives given")
+        for o in objs:
+            if len(o) != 2 or o[1] not in ("min", "max"):
+                problems.append(f"{o!r} must be (metric, 'min' | 'max')")
+        names = [o[0] for o in objs]
+        if len(set(names)) != len(names):
+            problems.append(f"metric names repeat: {names}")
+        if problems:
+            raise StudyError(
+                "Invalid scheduler objectives: " + "; ".join(problems) + ".",
+                fix="Give each objective once as (metric, 'min') or (metric, 'max').",
+            )
+        self.objectives: list[Objective] = [(str(n), d) for n, d in objs]  # type: ignore[misc]
+        self.schedule = schedule
+        self._rungs: dict[int, dict[str, tuple[float, ...]]] = {r: {} for r in schedule.rungs}
+        self.stopped: dict[str, int] = {}
+        # Bumped on every recorded vector or stop, so the Ray adapter persists only when state moved.
+        self.changes = 0
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [n for n, _ in self.objectives]
+
+    def on_result(self, trial_id: str, epoch: int, metrics: Mapping[str, float]) -> Decision:
+        """Decide after a trial reports `metrics` at `epoch` (1-based)."""
+        if trial_id in self.stopped:
+            return "stop"
+        missing = [n for n in self.metric_names if n not in metrics]
+        if missing:
+            raise StudyError(
+                f"Trial {trial_id} reported no {missing} at epoch {epoch}; got {sorted(metrics)}.",
+                fix="Report every objective on every epoch.",
+            )
+        vector = tuple(float(metrics[n]) for n in self.metric_names)
+        if not all(math.isfinite(v) for v in vector):
+            # Diverged: stop now, and keep it off the rung so it does not widen ceil(n / eta) for others.
+            return self._stop(trial_id, epoch)
+        # The highest rung reached: equal to `epoch` when every epoch is reported; if a report was
+        # skipped (or a restored trial resumes past a rung), the lower rungs are not back-filled, as in Ray ASHA.
+        reached = [r for r in self.schedule.rungs if r <= epoch]
+        if not reached:
+            return "continue"
+        rung = reached[-1]
+        table = self._rungs[rung]
+        if trial_id in table:
+            return "continue"  # judged at this rung before and not stopped, so it was promoted
+        table[trial_id] = vector
+        self.changes += 1
+        ids = list(table)
+        loss = pareto.to_loss(np.array([table[i] for i in ids]), [d for _, d in self.objectives])
+        position = int(np.flatnonzero(pareto.front_order(loss) == ids.index(trial_id))[0])
+        if position < math.ceil(len(ids) / self.schedule.eta):
+            return "continue"
+        return self._stop(trial_id, epoch)
+
+    def _stop(self, trial_id: str, epoch: int) -> Decision:
+        self.stopped[trial_id] = epoch
+        self.changes += 1
+        return "stop"
+
+    def rung_table(self) -> dict[int, dict[str, tuple[float, ...]]]:
+        """Copy of rung -> {trial_id: objective vector in `objectives` order, raw (not loss) values}."""
+        return {r: dict(t) for r, t in self._rungs.items()}
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable snapshot (recorded vectors are always finite, so strict JSON holds)."""
+        s = self.schedule
+        return {
+            "version": _STATE_VERSION,
+            "objectives": [list(o) for o in self.objectives],
+            "schedule": {"rungs": list(s.rungs), "max_epochs": s.max_epochs, "eta": s.eta},
+            "rungs": {
+                str(r): {t: list(v) for t, v in table.items()} for r, table in self._rungs.items()
+            },
+            "stopped": dict(self.stopped),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> MultiObjectiveRungs:
+        """Rebuild from `state()`, e.g. when a study resumes."""
+        if state.get("version") != _STATE_VERSION:
+            raise StudyError(
+                f"Scheduler state has version {state.get('version')!r}; this autotune reads {_STATE_VERSION}.",
+                fix="Resume with the autotune version that created the study, or start a new study.",
+            )
+        sch = state["schedule"]
+        obj = cls(
+            [(n, d) for n, d in state["objectives"]],
+            RungSchedule(rungs=tuple(sch["rungs"]), max_epochs=sch["max_epochs"], eta=sch["eta"]),
+        )
+        for r, table in state["rungs"].items():
+            if int(r) not in obj._rungs:
+                raise StudyError(
+                    f"Scheduler state has a rung {r} not in the schedule {sch['rungs']}."
+                )
+            obj._rungs[int(r)] = {t: tuple(float(x) for x in v) for t, v in table.items()}
+        obj.stopped = {str(t): int(e) for t, e in state["stopped"].items()}
+        return obj
+
+
+class MultiObjectiveASHA(FIFOScheduler):
+    """Ray Tune adapter around `MultiObjectiveRungs`; runs trials FIFO and stops them at rungs.
+
+    It keeps metric/mode None: the objectives are its own. If `state_path` is given, the rung data is
+    loaded from it when present and rewritten (atomically) whenever it changes, because Ray Tune
+    2.60 never calls a scheduler's save/restore and `Tuner.restore` brings back the scheduler as it
+    was pickled when `fit()` began, i.e. empty.
+    """
+
+    # Buffered results would deliver several epochs at once and skip rung decisions (as for HyperBand).
+    _supports_buffered_results = False
+
+    def __init__(
+        self,
+        objectives: Sequence[Objective],
+        schedule: RungSchedule,
+        time_attr: str = "epoch",
+        state_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.time_attr = time_attr
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.rungs = MultiObjectiveRungs(objectives, schedule)
+        if self.state_path is not None and self.state_path.exists():
+            self.restore(str(self.state_path))
+
+    @property
+    def stopped(self) -> dict[str, int]:
+        return self.rungs.stopped
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        # Refuse a TuneConfig metric: it would also make OptunaSearch single-objective (ECOSYSTEM_NOTES),
+        # and Tune turns False into a ValueError naming the conflict.
+        return metric is None and mode is None
+
+    def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
+        names = self.rungs.metric_names
+        if self.time_attr not in result or any(n not in result for n in names):
+            return TrialScheduler.CONTINUE
+        before = self.rungs.changes
+        decision = self.rungs.on_result(
+            trial.trial_id, int(result[self.time_attr]), {n: result[n] for n in names}
+        )
+        if self.state_path is not None and self.rungs.changes != before:
+            self.save(str(self.state_path))
+        return TrialScheduler.STOP if decision == "stop" else TrialScheduler.CONTINUE
+
+    def debug_string(self) -> str:
+        s = self.rungs.schedule
+        counts = "/".join(str(len(t)) for t in self.rungs.rung_table().values()) or "-"
+        rungs = "/".join(map(str, s.rungs)) or "none"
+        return (
+            f"MultiObjectiveASHA: rungs {rungs} of {s.max_epochs} epochs, eta {s.eta}; "
+            f"recorded {counts}; stopped {len(self.stopped)}."
+        )
+
+    def save(self, checkpoint_path: str) -> None:
+        """Write the rung state as JSON (via a temporary file, so a crash never leaves half a file)."""
+        path = Path(checkpoint_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.rungs.state(), allow_nan=False))
+        os.replace(tmp, path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Load rung state written by `save`; its objectives and schedule must match this scheduler's."""
+        try:
+            state = json.loads(Path(checkpoint_path).read_text())
+        except (OSError, ValueError) as e:
+            raise StudyError(
+                f"Cannot read scheduler state {checkpoint_path}: {e}.",
+                fix="Delete the file to restart early stopping from empty rungs.",
+            ) from e
+        loaded = MultiObjectiveRungs.from_state(state)
+        if loaded.objectives != self.rungs.objectives or loaded.schedule != self.rungs.schedule:
+            raise StudyError(
+                f"Scheduler state {checkpoint_path} was made for objectives {loaded.objectives} and "
+                f"{loaded.schedule}, but this study uses {self.rungs.objectives} and {self.rungs.schedule}.",
+                fix="Resume with the original objectives and rungs, or start a new study.",
+            )
+        self.rungs = loaded
+
+
+def scale_to_budget(
+    metrics: Mapping[str, float], stopped_epoch: int, max_epochs: int, growing: Sequence[str]
+) -> dict[str, float]:
+    """Copy of `metrics` with the costs that grow with training scaled by max_epochs / stopped_epoch.
+
+    Names in `growing` that the trial did not report are skipped (a meter may be unavailable here).
+    """
+    if not 1 <= stopped_epoch <= max_epochs:
+        raise ValueError(f"stopped_epoch must be in [1, {max_epochs=}], but got {stopped_epoch=}.")
+    factor = max_epochs / stopped_epoch
+    out = dict(metrics)
+    for name in growing:
+        if name in out:
+            out[name] = out[name] * factor
+    return out
