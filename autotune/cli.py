@@ -89,6 +89,47 @@ def train(
         raise typer.Exit(1)
 
 
+@app.command()
+def search(
+    model_file: Annotated[Path, typer.Argument(help="the model.py to tune")],
+    space: Annotated[Path | None, typer.Option(help="search-space YAML (default: the model's SEARCH_SPACE)")] = None,
+    name: Annotated[str | None, typer.Option(help="study name (default: the model's folder name)")] = None,
+    trials: Annotated[int, typer.Option(help="trials in the study (baseline included)")] = 30,
+    epochs: Annotated[int | None, typer.Option(help="epochs per trial (default: the model's policy)")] = None,
+    objective: Annotated[list[str] | None, typer.Option(help="METRIC:max|min, repeatable")] = None,
+    constraint: Annotated[list[str] | None, typer.Option(help='"METRIC<=V" or "METRIC>=V", repeatable')] = None,
+    sampler: Annotated[str, typer.Option(help="tpe | nsga2 | nsga3 | random | gp | qmc")] = "tpe",
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial (fractions pack trials)")] = 0.0,
+    address: Annotated[str | None, typer.Option(help="join a Ray cluster: auto or HOST:PORT")] = None,
+    time_budget: Annotated[str | None, typer.Option(help="stop after this long: 90s, 30m, 2h")] = None,
+    seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
+    early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help="multi-objective early stopping")] = True,
+    rungs: Annotated[str | None, typer.Option(help='rung epochs "3,9,27" or "grace=3,eta=3"')] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: embedded SQLite)")] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="don't record in MLflow")] = False,
+    max_failures: Annotated[int, typer.Option(help="retries of a trial whose worker crashed")] = 1,
+    trial_timeout: Annotated[str | None, typer.Option(help="fail a trial running longer than this")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Ray's own logs")] = False,
+) -> None:
+    """Run (or resume) a study: Ray Tune runs trials, Optuna samples policies, early stopping prunes."""
+    from autotune.runner import SearchOptions, parse_duration, run_search
+
+    try:
+        opts = SearchOptions(
+            model_file=model_file, trials=trials, epochs=epochs, name=name, space=space,
+            objectives=objective or [], constraints=constraint or [], sampler=sampler,
+            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
+            time_budget_s=parse_duration(time_budget), seed=seed, early_stop=early_stop,
+            rungs=rungs, verbose=verbose, tracking_uri=tracking_uri, tracking=not no_tracking,
+            max_failures=max_failures, trial_timeout_s=parse_duration(trial_timeout))
+        outcome = run_search(opts, console)
+    except AutotuneError as exc:
+        raise fail(exc) from None
+    if not outcome.complete:
+        raise typer.Exit(130)
+
+
 def main() -> None:  # pragma: no cover - console entry for python -m autotune
     app(prog_name="autotune")
 

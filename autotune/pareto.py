@@ -1,4 +1,4 @@
-"""Pareto math on minimisation ("loss") arrays: ranks, fronts, crowding, hypervolume, knee, ordering."""
+"""Pareto math on minimisation ("loss") arrays: ranks, front, crowding, hypervolume, knee."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ _DIRECTIONS = ("min", "max")
 
 # Conventions shared by every function below:
 # * `loss` is an (n, k) float array where every column is minimised (see `to_loss`).
-# * A row with any NaN or ±inf is a failed trial: dominated by every finite row, never on the front,
-#   excluded from hypervolume, crowding 0. It is never handed to moocore, which has no notion of it.
+# * A row with any NaN or ±inf is a failed trial: dominated by every finite row, never on the
+#   front, excluded from hypervolume, crowding 0. Such rows never reach moocore.
 
 
 def to_loss(
     values: np.ndarray | Sequence[Sequence[float]], directions: Sequence[str]
 ) -> np.ndarray:
-    """Return a float copy of `values` (n, k) with every "max" column negated, so all columns minimise.
+    """Return a float copy of `values` (n, k), "max" columns negated so that all columns minimise.
 
-    Normalising once here (like optuna's `_normalize_value`) keeps the sign out of every later step.
+    Normalising once here (like optuna's `_normalize_value`) keeps the sign out of later steps.
     """
     dirs = list(directions)
     bad = [d for d in dirs if d not in _DIRECTIONS]
@@ -71,8 +71,8 @@ def nondominated_ranks(loss: np.ndarray) -> np.ndarray:
 def pareto_mask(loss: np.ndarray) -> np.ndarray:
     """True for rows on the first front (not dominated by any other row).
 
-    Identical copies of a non-dominated row are all kept on the front (moocore's `keep_weakly=True`):
-    two trials that measured the same numbers are equally good, and dropping one would be arbitrary.
+    Identical copies of a non-dominated row are all kept on the front (moocore `keep_weakly=True`):
+    two trials that measured the same numbers are equally good; dropping one would be arbitrary.
     Failed rows are never on the front.
     """
     loss = _as_loss(loss)
@@ -86,9 +86,9 @@ def pareto_mask(loss: np.ndarray) -> np.ndarray:
 def crowding_distance(loss: np.ndarray) -> np.ndarray:
     """NSGA-II crowding distance of each row within the given set (call it on one front).
 
-    Per objective, rows are sorted; the two extremes get inf, every interior row adds the gap between
-    its neighbours divided by the objective's range. An objective with zero range adds nothing (no
-    row is extreme in it). Failed rows get 0 and do not take part.
+    Per objective, rows are sorted; the two extremes get inf, every interior row adds the gap
+    between its neighbours divided by the objective's range. An objective with zero range adds
+    nothing (no row is extreme in it). Failed rows get 0 and do not take part.
     """
     loss = _as_loss(loss)
     dist = np.zeros(len(loss))
@@ -114,10 +114,10 @@ def crowding_distance(loss: np.ndarray) -> np.ndarray:
 
 
 def hypervolume(loss: np.ndarray, ref: np.ndarray | Sequence[float]) -> float:
-    """Hypervolume dominated by the rows of `loss` and bounded by the reference point `ref` (minimise).
+    """Hypervolume dominated by the rows of `loss`, bounded by the reference point `ref`.
 
     Rows not strictly better than `ref` in every objective contribute 0 (moocore ignores them
-    silently; optuna's private version raises instead). Failed rows are excluded; no rows gives 0.0.
+    silently; optuna's private version raises instead). Failed rows are excluded; none left: 0.0.
     """
     loss = _as_loss(loss)
     ref_arr = np.asarray(ref, dtype=float)
@@ -134,8 +134,8 @@ def hypervolume(loss: np.ndarray, ref: np.ndarray | Sequence[float]) -> float:
 def reference_point(loss: np.ndarray, margin: float = 0.1) -> np.ndarray:
     """Nadir of the finite rows pushed out by `margin` x range per objective.
 
-    A zero range uses margin x |nadir| instead, or plain `margin` when the nadir is 0, so every finite
-    row is strictly better than the reference and contributes to the hypervolume.
+    A zero range uses margin x |nadir| instead, or plain `margin` when the nadir is 0, so every
+    finite row is strictly better than the reference and contributes to the hypervolume.
     """
     loss = _as_loss(loss)
     if margin <= 0:
@@ -143,7 +143,7 @@ def reference_point(loss: np.ndarray, margin: float = 0.1) -> np.ndarray:
     pts = loss[_finite_rows(loss)]
     if len(pts) == 0:
         raise ValueError(
-            f"reference_point needs at least one finite row, but got {len(loss)} rows, none finite."
+            f"reference_point needs a finite row, but got {len(loss)} rows, none finite."
         )
     nadir = pts.max(axis=0)
     span = nadir - pts.min(axis=0)
@@ -156,8 +156,8 @@ def normalise(
 ) -> np.ndarray:
     """Map each objective linearly so `lo` -> 0 and `hi` -> 1.
 
-    Values outside [lo, hi] land outside [0, 1] (no clipping: callers pick the bounds). An objective
-    with hi == lo maps to 0.
+    Values outside [lo, hi] land outside [0, 1] (no clipping: callers pick the bounds). An
+    objective with hi == lo maps to 0.
     """
     loss = _as_loss(loss)
     lo_arr = np.asarray(lo, dtype=float)
@@ -170,9 +170,9 @@ def normalise(
 def knee_index(loss: np.ndarray) -> int:
     """Index (into `loss`) of the knee of the first front.
 
-    Definition: normalise each objective to [0, 1] over the front's own min and max; the knee is the
-    front row closest in Euclidean distance to the ideal point (0, ..., 0). Ties go to the lowest
-    index. Raises ValueError when no row is finite.
+    Definition: normalise each objective to [0, 1] over the front's own min and max; the knee is
+    the front row closest in Euclidean distance to the ideal point (0, ..., 0). Ties go to the
+    lowest index. Raises ValueError when no row is finite.
     """
     loss = _as_loss(loss)
     front = np.flatnonzero(pareto_mask(loss))
@@ -187,8 +187,8 @@ def knee_index(loss: np.ndarray) -> int:
 
 
 def front_order(loss: np.ndarray) -> np.ndarray:
-    """Indices of all rows, best first: by non-dominated rank, then by crowding distance within that
-    rank's front (larger first, to keep the front spread out), then by index.
+    """Indices of all rows, best first: by non-dominated rank, then by crowding distance within
+    that rank's front (larger first, to keep the front spread out), then by index.
 
     This is the promotion order of the multi-objective successive-halving scheduler.
     """

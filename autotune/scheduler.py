@@ -1,4 +1,4 @@
-"""Multi-objective early stopping: rung schedule, the pure promotion rule, and its Ray Tune scheduler."""
+"""Multi-objective early stopping: rung schedule, pure promotion rule, Ray Tune scheduler."""
 
 from __future__ import annotations
 
@@ -24,12 +24,15 @@ if TYPE_CHECKING:
 Decision = Literal["continue", "stop"]
 
 _STATE_VERSION = 1
-_RUNGS_FIX = 'Write the rungs as ascending epochs ("3,9,27") or as "grace=3,eta=3"; "eta=N" may follow either.'
+_RUNGS_FIX = (
+    'Write the rungs as ascending epochs ("3,9,27") or as "grace=3,eta=3"; '
+    '"eta=N" may follow either.'
+)
 
 
 @dataclass(frozen=True)
 class RungSchedule:
-    """Epochs at which trials are compared (each < max_epochs, ascending) and the promotion ratio eta.
+    """Epochs at which trials are compared (ascending, each < max_epochs) and the promotion ratio.
 
     Epochs count from 1: rung 3 is decided on the result reported after the third epoch.
     """
@@ -59,7 +62,7 @@ class RungSchedule:
 
     @classmethod
     def geometric(cls, grace: int, eta: int, max_epochs: int) -> RungSchedule:
-        """Rungs at grace * eta**k for k = 0, 1, ... while below max_epochs (none if grace >= max_epochs)."""
+        """Rungs grace * eta**k (k = 0, 1, ...) below max_epochs; none if grace >= max_epochs."""
         if not isinstance(grace, int) or grace < 1:
             raise StudyError(f"grace must be an integer >= 1, but got {grace=!r}.", fix=_RUNGS_FIX)
         if not isinstance(eta, int) or eta < 2:
@@ -73,7 +76,7 @@ class RungSchedule:
 
     @classmethod
     def parse(cls, text: str, max_epochs: int) -> RungSchedule:
-        """Parse "3,9,27" (eta 3), "3,9,27,eta=2" or "grace=3,eta=3"; rungs >= max_epochs are dropped."""
+        """Parse "3,9,27" (eta 3), "3,9,27,eta=2" or "grace=3,eta=3"; drops rungs >= max_epochs."""
         rungs: list[int] = []
         keys: dict[str, int] = {}
         problems = []
@@ -139,7 +142,7 @@ class MultiObjectiveRungs:
         self.schedule = schedule
         self._rungs: dict[int, dict[str, tuple[float, ...]]] = {r: {} for r in schedule.rungs}
         self.stopped: dict[str, int] = {}
-        # Bumped on every recorded vector or stop, so the Ray adapter persists only when state moved.
+        # Bumped on every recorded vector or stop: the Ray adapter persists only when state moved.
         self.changes = 0
 
     @property
@@ -158,10 +161,11 @@ class MultiObjectiveRungs:
             )
         vector = tuple(float(metrics[n]) for n in self.metric_names)
         if not all(math.isfinite(v) for v in vector):
-            # Diverged: stop now, and keep it off the rung so it does not widen ceil(n / eta) for others.
+            # Diverged: stop now, and keep it off the rung so it does not widen ceil(n / eta).
             return self._stop(trial_id, epoch)
         # The highest rung reached: equal to `epoch` when every epoch is reported; if a report was
-        # skipped (or a restored trial resumes past a rung), the lower rungs are not back-filled, as in Ray ASHA.
+        # skipped (or a restored trial resumes past a rung), lower rungs are not back-filled, as in
+        # Ray's ASHA.
         reached = [r for r in self.schedule.rungs if r <= epoch]
         if not reached:
             return "continue"
@@ -184,11 +188,11 @@ class MultiObjectiveRungs:
         return "stop"
 
     def rung_table(self) -> dict[int, dict[str, tuple[float, ...]]]:
-        """Copy of rung -> {trial_id: objective vector in `objectives` order, raw (not loss) values}."""
+        """Copy of rung -> {trial_id: objective vector, in `objectives` order, raw (not loss)}."""
         return {r: dict(t) for r, t in self._rungs.items()}
 
     def state(self) -> dict[str, Any]:
-        """JSON-serialisable snapshot (recorded vectors are always finite, so strict JSON holds)."""
+        """JSON-serialisable snapshot (recorded vectors are always finite: strict JSON holds)."""
         s = self.schedule
         return {
             "version": _STATE_VERSION,
@@ -205,8 +209,9 @@ class MultiObjectiveRungs:
         """Rebuild from `state()`, e.g. when a study resumes."""
         if state.get("version") != _STATE_VERSION:
             raise StudyError(
-                f"Scheduler state has version {state.get('version')!r}; this autotune reads {_STATE_VERSION}.",
-                fix="Resume with the autotune version that created the study, or start a new study.",
+                f"Scheduler state has version {state.get('version')!r}; "
+                f"this autotune reads {_STATE_VERSION}.",
+                fix="Resume with the autotune version that made the study, or start a new study.",
             )
         sch = state["schedule"]
         obj = cls(
@@ -226,13 +231,13 @@ class MultiObjectiveRungs:
 class MultiObjectiveASHA(FIFOScheduler):
     """Ray Tune adapter around `MultiObjectiveRungs`; runs trials FIFO and stops them at rungs.
 
-    It keeps metric/mode None: the objectives are its own. If `state_path` is given, the rung data is
-    loaded from it when present and rewritten (atomically) whenever it changes, because Ray Tune
+    It keeps metric/mode None: the objectives are its own. If `state_path` is given, the rung data
+    is loaded from it when present and rewritten (atomically) whenever it changes, because Ray Tune
     2.60 never calls a scheduler's save/restore and `Tuner.restore` brings back the scheduler as it
     was pickled when `fit()` began, i.e. empty.
     """
 
-    # Buffered results would deliver several epochs at once and skip rung decisions (as for HyperBand).
+    # Buffered results would deliver several epochs at once (Ray disables them for HyperBand too).
     _supports_buffered_results = False
 
     def __init__(
@@ -254,8 +259,8 @@ class MultiObjectiveASHA(FIFOScheduler):
         return self.rungs.stopped
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        # Refuse a TuneConfig metric: it would also make OptunaSearch single-objective (ECOSYSTEM_NOTES),
-        # and Tune turns False into a ValueError naming the conflict.
+        # Refuse a TuneConfig metric: it would also make OptunaSearch single-objective
+        # (ECOSYSTEM_NOTES), and Tune turns False into a ValueError naming the conflict.
         return metric is None and mode is None
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
@@ -280,7 +285,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         )
 
     def save(self, checkpoint_path: str) -> None:
-        """Write the rung state as JSON (via a temporary file, so a crash never leaves half a file)."""
+        """Write the rung state as JSON via a temporary file: a crash never leaves half a file."""
         path = Path(checkpoint_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -288,7 +293,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         os.replace(tmp, path)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Load rung state written by `save`; its objectives and schedule must match this scheduler's."""
+        """Load rung state written by `save`; its objectives and schedule must match this one's."""
         try:
             state = json.loads(Path(checkpoint_path).read_text())
         except (OSError, ValueError) as e:
@@ -299,8 +304,9 @@ class MultiObjectiveASHA(FIFOScheduler):
         loaded = MultiObjectiveRungs.from_state(state)
         if loaded.objectives != self.rungs.objectives or loaded.schedule != self.rungs.schedule:
             raise StudyError(
-                f"Scheduler state {checkpoint_path} was made for objectives {loaded.objectives} and "
-                f"{loaded.schedule}, but this study uses {self.rungs.objectives} and {self.rungs.schedule}.",
+                f"Scheduler state {checkpoint_path} was made for objectives "
+                f"{loaded.objectives} and {loaded.schedule}, but this study uses "
+                f"{self.rungs.objectives} and {self.rungs.schedule}.",
                 fix="Resume with the original objectives and rungs, or start a new study.",
             )
         self.rungs = loaded
@@ -309,7 +315,7 @@ class MultiObjectiveASHA(FIFOScheduler):
 def scale_to_budget(
     metrics: Mapping[str, float], stopped_epoch: int, max_epochs: int, growing: Sequence[str]
 ) -> dict[str, float]:
-    """Copy of `metrics` with the costs that grow with training scaled by max_epochs / stopped_epoch.
+    """Copy of `metrics` with the costs that grow with training scaled by max_epochs/stopped_epoch.
 
     Names in `growing` that the trial did not report are skipped (a meter may be unavailable here).
     """

@@ -6,7 +6,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from autotune.knobs.optim import current_lr, make_optimizer, make_scheduler, reb
 from autotune.knobs.pruning import Pruner
 from autotune.policy import Policy
 
-Reporter = Callable[[dict[str, float]], None]
+Reporter = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -106,19 +106,24 @@ def evaluate(mf: ModelFile, model: torch.nn.Module, ds: Dataset, device: torch.d
 
 
 def train(mf: ModelFile, policy: Policy, *, report: Reporter | None = None,
-          device: str | None = None, threads: int | None = None) -> RunResult:
-    """Train model.py under `policy`; a custom `train(policy, report)` loop is run and measured instead."""
+          device: str | None = None, threads: int | None = None,
+          epoch_costs: Collection[str] = ()) -> RunResult:
+    """Train model.py under `policy`; a custom `train(policy, report)` loop is run and measured instead.
+
+    `epoch_costs` names serving costs (params, infer_latency_ms, …) to measure on the current model
+    after every epoch too, for schedulers that compare trials on them before training ends.
+    """
     dev = pick_device(device)
     torch.set_num_threads(threads or available_cpus())
     prec.check_runnable(policy.precision, dev)
     seed_everything(policy.seed)
     if mf.custom_loop:
         return _run_custom(mf, policy, report, dev)
-    return _run_managed(mf, policy, report, dev)
+    return _run_managed(mf, policy, report, dev, set(epoch_costs))
 
 
 def _run_managed(mf: ModelFile, policy: Policy, report: Reporter | None,
-                 dev: torch.device) -> RunResult:
+                 dev: torch.device, epoch_costs: set[str]) -> RunResult:
     train_ds, val_ds = mf.datasets()
     model = mf.build_model(policy.model).to(dev)
     ex_x, ex_y = (_to(t, dev) for t in _first(train_ds, policy.batch_size))
@@ -176,6 +181,8 @@ def _run_managed(mf: ModelFile, policy: Policy, report: Reporter | None,
                    "train_time_s": train_time, "train_flops": flops}
             if epoch + 1 < policy.epochs:
                 row.update(evaluate(mf, model, val_ds, dev, max(256, policy.batch_size), ctx, label_smoothing=ls))
+                if epoch_costs:
+                    row.update(_current_costs(mf, model, val_ds, dev, epoch_costs))
                 history.append(row)
                 if report:
                     report(dict(row))
@@ -185,7 +192,7 @@ def _run_managed(mf: ModelFile, policy: Policy, report: Reporter | None,
         metrics = {"train_time_s": train_time, "train_flops": flops, mf.quality_metric: math.nan}
         result = RunResult("diverged", metrics, history, error)
         if report:
-            report({"epoch": len(history) + 1, **metrics, "diverged": 1.0})
+            report({"epoch": len(history) + 1, **metrics, "diverged": 1.0, "error": error})
         return result
     if pruner is not None:
         pruner.make_permanent()
@@ -235,6 +242,27 @@ def _measure_deployed(mf: ModelFile, policy: Policy, model: torch.nn.Module, val
         "infer_latency_ms": costs.latency_ms(deployed, x1, ddev),
         "infer_latency_batch_ms": costs.latency_ms(deployed, xb, ddev, repeats=15),
     }
+
+
+def _current_costs(mf: ModelFile, model: torch.nn.Module, val_ds: Dataset, dev: torch.device,
+                   names: set[str]) -> dict[str, float]:
+    """Serving costs of the model as it is now (before pruning is made permanent or int8 applied)."""
+    out: dict[str, float] = {}
+    if names & {"params", "nonzero_params"}:
+        params, nonzero = costs.param_counts(model)
+        out.update(params=float(params), nonzero_params=float(nonzero))
+    x1, _ = _first(val_ds, 1)
+    if "model_size_mb" in names:
+        out["model_size_mb"] = costs.model_size_mb(model)
+    if "infer_flops" in names:
+        out["infer_flops"] = float(costs.forward_flops(model, _to(x1, dev)))
+    if "infer_latency_ms" in names:
+        out["infer_latency_ms"] = costs.latency_ms(model, _to(x1, dev), dev, budget_s=0.2)
+    if "infer_latency_batch_ms" in names:
+        xb = _serving_batch(val_ds, mf.serve_batch, dev, None)
+        out["infer_latency_batch_ms"] = costs.latency_ms(model, xb, dev, repeats=10, budget_s=0.3)
+    model.train()
+    return out
 
 
 def _serving_batch(ds: Dataset, n: int, dev: torch.device, dtype: torch.dtype | None) -> Any:

@@ -1,4 +1,4 @@
-"""Example study: a character-level GRU language model on a few of CPython's own standard-library sources."""
+"""Example study: a character-level GRU language model on CPython standard-library sources."""
 
 from __future__ import annotations
 
@@ -19,10 +19,20 @@ SERVE_BATCH = 32
 
 # Files present in every CPython 3.11+ standard library; sorted so the corpus order is fixed.
 SOURCE_FILES: tuple[str, ...] = tuple(
-    sorted(("argparse.py", "contextlib.py", "copy.py", "functools.py", "random.py", "string.py", "textwrap.py"))
+    sorted(
+        (
+            "argparse.py",
+            "contextlib.py",
+            "copy.py",
+            "functools.py",
+            "random.py",
+            "string.py",
+            "textwrap.py",
+        )
+    )
 )
 SEQ_LEN = 64
-VAL_FRACTION = 0.1  # the last 10 % of every file is validation text (no overlap with training text)
+VAL_FRACTION = 0.1  # the last 10 % of every file is validation text (no overlap with training)
 
 # Fixed vocabulary: string.printable (100 characters, a fixed order), then one unknown id.
 VOCAB: str = string.printable
@@ -43,11 +53,16 @@ def decode(ids: torch.Tensor) -> str:
 class CharGRU(nn.Module):
     """Embedding -> GRU -> linear over the vocabulary; outputs (N, T, V) logits."""
 
-    def __init__(self, hidden: int = 128, embed: int = 32, layers: int = 1, dropout: float = 0.0) -> None:
+    def __init__(
+        self, hidden: int = 128, embed: int = 32, layers: int = 1, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(VOCAB_SIZE, int(embed))
         self.rnn = nn.GRU(
-            int(embed), int(hidden), num_layers=int(layers), batch_first=True,
+            int(embed),
+            int(hidden),
+            num_layers=int(layers),
+            batch_first=True,
             dropout=float(dropout) if int(layers) > 1 else 0.0,
         )
         self.dropout = nn.Dropout(float(dropout))
@@ -93,10 +108,14 @@ def datasets() -> tuple[TensorDataset, TensorDataset]:
     return TensorDataset(train[0], train[1]), TensorDataset(val[0], val[1])
 
 
-def loss_fn(outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def loss_fn(
+    outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Next-character cross-entropy over every position."""
     return nn.functional.cross_entropy(
-        outputs.reshape(-1, outputs.shape[-1]).float(), targets.reshape(-1), label_smoothing=label_smoothing
+        outputs.reshape(-1, outputs.shape[-1]).float(),
+        targets.reshape(-1),
+        label_smoothing=label_smoothing,
     )
 
 

@@ -1,4 +1,4 @@
-"""Example study: a small CNN classifying scikit-learn's bundled 8x8 handwritten digits (no download)."""
+"""Example study: a small CNN on scikit-learn's bundled 8x8 handwritten digits (no download)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def build_model(hp: dict[str, Any]) -> nn.Module:
 
 @functools.lru_cache(maxsize=1)
 def datasets() -> tuple[TensorDataset, TensorDataset]:
-    """(train, validation): a fixed stratified 80/20 split, pixels scaled to [0, 1], shape (N, 1, 8, 8)."""
+    """(train, validation): fixed stratified 80/20 split, pixels in [0, 1], shape (N, 1, 8, 8)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -64,7 +64,10 @@ def datasets() -> tuple[TensorDataset, TensorDataset]:
     x = torch.tensor(digits.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     y = torch.tensor(digits.target, dtype=torch.long)
     idx_train, idx_val = train_test_split(
-        list(range(len(y))), test_size=_VAL_FRACTION, random_state=_SPLIT_SEED, stratify=digits.target
+        list(range(len(y))),
+        test_size=_VAL_FRACTION,
+        random_state=_SPLIT_SEED,
+        stratify=digits.target,
     )
     it, iv = torch.tensor(idx_train), torch.tensor(idx_val)
     return TensorDataset(x[it], y[it]), TensorDataset(x[iv], y[iv])

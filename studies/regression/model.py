@@ -1,4 +1,4 @@
-"""Example study: an MLP regressing disease progression on scikit-learn's bundled diabetes data (no download)."""
+"""Example study: an MLP regressing scikit-learn's bundled diabetes data (no download)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from torch.utils.data import TensorDataset
 
 OBJECTIVE = ("mse", "min")
 SEARCH_SPACE = "../../search_spaces/regression.yaml"
-DEFAULT_POLICY: dict[str, Any] = {"optimizer.lr": 1e-3, "optimizer.weight_decay": 1e-2, "batch_size": 32, "epochs": 30}
+DEFAULT_POLICY: dict[str, Any] = {
+    "optimizer.lr": 1e-3,
+    "optimizer.weight_decay": 1e-2,
+    "batch_size": 32,
+    "epochs": 30,
+}
 SERVE_BATCH = 64
 
 N_FEATURES = 10
@@ -35,7 +40,7 @@ def build_model(hp: dict[str, Any]) -> nn.Module:
 
 @functools.lru_cache(maxsize=1)
 def datasets() -> tuple[TensorDataset, TensorDataset]:
-    """(train, validation): fixed 80/20 split; X and y standardised with the training split's statistics.
+    """(train, validation): fixed 80/20 split; X and y standardised with training statistics.
 
     Targets have shape (N, 1) like the model's outputs; metrics are in standardised units.
     """
@@ -43,7 +48,9 @@ def datasets() -> tuple[TensorDataset, TensorDataset]:
     from sklearn.model_selection import train_test_split
 
     x_all, y_all = load_diabetes(return_X_y=True)
-    x_tr, x_va, y_tr, y_va = train_test_split(x_all, y_all, test_size=_VAL_FRACTION, random_state=_SPLIT_SEED)
+    x_tr, x_va, y_tr, y_va = train_test_split(
+        x_all, y_all, test_size=_VAL_FRACTION, random_state=_SPLIT_SEED
+    )
     x_mean, x_std = x_tr.mean(axis=0), x_tr.std(axis=0)
     y_mean, y_std = y_tr.mean(), y_tr.std()
 
@@ -55,8 +62,10 @@ def datasets() -> tuple[TensorDataset, TensorDataset]:
     return TensorDataset(*tensors(x_tr, y_tr)), TensorDataset(*tensors(x_va, y_va))
 
 
-def loss_fn(outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean squared error; `label_smoothing` is accepted for the trainer's sake and ignored."""
+def loss_fn(
+    outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean squared error; `label_smoothing` is accepted for the trainer and ignored."""
     del label_smoothing
     return nn.functional.mse_loss(outputs.float(), targets.float())
 

@@ -1,0 +1,138 @@
+"""Live progress of a study (rich) and its closing front table with cost ratios against the baseline."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from autotune.display import fmt
+from autotune.objectives import Objective
+from autotune.results import Front
+
+
+class Progress:
+    """Counts trials as they end and redraws a small panel at most every half second."""
+
+    def __init__(self, console: Console, name: str, total: int, already: int, slots: int,
+                 quality: Objective) -> None:
+        self.console = console
+        self.name = name
+        self.total = total
+        self.already = already
+        self.slots = max(1, slots)
+        self.quality = quality
+        self.counts = {"finished": 0, "stopped": 0, "failed": 0, "diverged": 0}
+        self.running = 0
+        self.front_size = 0
+        self.hypervolume = 0.0
+        self.best: float | None = None
+        self.started = time.time()
+        self.durations: list[float] = []
+        self._live = Live(self._render(), console=console, refresh_per_second=2, transient=False,
+                          auto_refresh=False)
+        self._last = 0.0
+
+    def __enter__(self) -> Progress:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._live.update(self._render(), refresh=True)
+        self._live.__exit__(*exc)
+
+    def trial_ended(self, status: str, duration: float | None, front: Front) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if duration:
+            self.durations.append(duration)
+        self.front_size = len(front.members)
+        self.hypervolume = front.hypervolume()
+        qualities = [t.metrics[self.quality.metric] for t in front.eligible]
+        if qualities:
+            self.best = max(qualities) if self.quality.direction == "max" else min(qualities)
+        self.refresh(force=True)
+
+    def refresh(self, running: int | None = None, force: bool = False) -> None:
+        if running is not None:
+            self.running = running
+        now = time.time()
+        if force or now - self._last > 0.5:
+            self._last = now
+            self._live.update(self._render(), refresh=True)
+
+    @property
+    def done(self) -> int:
+        return self.already + sum(self.counts.values())
+
+    def _eta(self) -> str:
+        left = self.total - self.done
+        if left <= 0:
+            return "0s"
+        if not self.durations:
+            return "…"
+        secs = left * (sum(self.durations) / len(self.durations)) / self.slots
+        return _duration(secs)
+
+    def _render(self) -> Group:
+        c = self.counts
+        line = Text.assemble(
+            (f"study {self.name}: ", "bold"),
+            f"{self.done}/{self.total} trials done · ",
+            (f"{self.running} running", "cyan"), " · ",
+            (f"{c['stopped']} stopped early", "yellow"), " · ",
+            (f"{c['failed'] + c['diverged']} failed", "red"),
+            f" · front {self.front_size} (HV {self.hypervolume:.4g})",
+            f" · best {self.quality.metric} {fmt(self.best)}",
+            f" · elapsed {_duration(time.time() - self.started)} · ETA {self._eta()}",
+        )
+        return Group(line)
+
+
+def _duration(secs: float) -> str:
+    secs = int(secs)
+    return f"{secs // 60}m{secs % 60:02d}s" if secs >= 60 else f"{secs}s"
+
+
+def front_table(front: Front, title: str, show_keys: Sequence[str] | None = None) -> Table:
+    """The front, baseline first, with each point's knobs that differ from the baseline and its
+    cost ratios against the baseline."""
+    table = Table(title=title)
+    table.add_column("trial", justify="right")
+    for o in front.objectives:
+        table.add_column(f"{o.metric} ({o.direction})", justify="right")
+    costs = [o for o in front.objectives if o.direction == "min"][: 3]
+    for o in costs:
+        table.add_column(f"× {o.metric}", justify="right")
+    table.add_column("policy (vs baseline)")
+    base = front.baseline
+    rows = ([base] if base else []) + [t for t in front.members if not base or t.number != base.number]
+    for t in rows:
+        is_base = base is not None and t.number == base.number
+        ratios = [front.ratio(t, o.metric) for o in costs]
+        on_front = front.ranks.get(t.number) == 0
+        label = f"{t.number}{' (baseline)' if is_base else ''}{' *' if on_front else ''}"
+        table.add_row(
+            label,
+            *(fmt(v) for v in front.values(t)),
+            *("—" if r is None else f"{r:.2f}×" for r in ratios),
+            "default policy" if is_base else _diff(t.policy, base.policy if base else {}),
+            style="bold" if is_base else None,
+        )
+    table.caption = "* on the Pareto front; × = cost relative to the baseline (lower is cheaper)"
+    return table
+
+
+def _diff(policy: dict[str, Any], base: dict[str, Any]) -> str:
+    changed = {k: v for k, v in policy.items() if base.get(k) != v and k not in ("seed",)}
+    parts = []
+    for k, v in changed.items():
+        if isinstance(v, float) and math.isfinite(v):
+            v = f"{v:.3g}"
+        parts.append(f"{k}={v}")
+    return ", ".join(parts) or "(same as baseline)"

@@ -1,0 +1,117 @@
+"""A study's MLflow record: parent run settings, one child per trial, the front kept current, its files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from autotune.results import Front
+from autotune.study import Study, StudyConfig, TrialView
+from autotune.tracking import Recorder, TrialRecord, resolve_tracking_uri
+
+_PACKAGES = ("autotune", "torch", "optuna", "ray", "mlflow", "torch-pruning", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+class StudyRecorder:
+    """Logs through the spooled Recorder; remembers which trials were handed over (logged.json)."""
+
+    def __init__(self, study: Study, recorder: Recorder) -> None:
+        self.study = study
+        self.recorder = recorder
+        self._logged_path = study.dir / "logged.json"
+        try:
+            self.logged: set[int] = set(json.loads(self._logged_path.read_text()))
+        except (OSError, ValueError):
+            self.logged = set()
+
+    @classmethod
+    def open(cls, study: Study, config: StudyConfig, opts: Any, mf: Any, space: Any) -> StudyRecorder:
+        uri = resolve_tracking_uri(getattr(opts, "tracking_uri", None), study.home)
+        rec = Recorder(uri, study.name, study.spool_dir)
+        params = {
+            "model_file": config.model_file, "objectives": ", ".join(f"{m}:{d}" for m, d in config.objectives),
+            "constraints": ", ".join(f"{m}{op}{b:g}" for m, op, b in config.constraints) or "none",
+            "sampler": config.sampler, "epochs": config.epochs, "trials": config.trials,
+            "seed": config.seed, "early_stop": config.early_stop,
+            "rungs": ",".join(map(str, config.rungs)) or "none", "eta": config.eta,
+            "space_file": config.space_file,
+            **{f"space.{k}": v for k, v in space.distributions_summary().items()},
+        }
+        tags = {"autotune.study": study.name, "autotune.model_sha256": config.model_sha256,
+                "autotune.command": shlex.join(["autotune", *sys.argv[1:]]),
+                **{f"version.{k}": v for k, v in package_versions().items()}}
+        rec.start_study(params, tags)
+        return cls(study, rec)
+
+    def _record(self, v: TrialView) -> TrialRecord:
+        return TrialRecord(trial_number=v.number, status=v.status, params=v.policy, metrics=v.metrics,
+                           curves=v.curves, stopped_at_epoch=v.stopped_at_epoch, error=v.error,
+                           ray_trial_id=v.ray_trial_id, started_at=v.started, ended_at=v.ended)
+
+    def _mark(self, number: int) -> None:
+        self.logged.add(number)
+        tmp = self._logged_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(self.logged)))
+        tmp.replace(self._logged_path)
+
+    def reconcile(self, views: list[TrialView]) -> None:
+        """Trials recorded in Optuna but never handed to MLflow (a kill in between) are logged now."""
+        for v in views:
+            if v.number not in self.logged:
+                self.recorder.log_trial(self._record(v))
+                self._mark(v.number)
+
+    def trial(self, view: TrialView, front: Front) -> None:
+        self.recorder.log_trial(self._record(view))
+        self._mark(view.number)
+        if view.status == "finished":
+            self.recorder.set_front(front.ranks)
+
+    def finish(self, front: Front) -> None:
+        """Front tags, pareto.csv/html/png, hypervolume over trials and summary metrics on the parent."""
+        from autotune.artifacts import write_front_files
+        from autotune.results import best_within
+
+        self.recorder.set_front(front.ranks)
+        files = write_front_files(front, self.study.dir / "pareto", f"Pareto front of {self.study.name}")
+        history = front.hypervolume_history()
+        for step, hv in history[:-1]:
+            self.recorder.log_study_summary({"hypervolume": hv}, {}, step=step)
+        summary: dict[str, float] = {"front_size": float(len(front.members)),
+                                     "trials_eligible": float(len(front.eligible))}
+        if history:
+            summary["hypervolume"] = history[-1][1]
+        quality = front.objectives[0]
+        for o in front.objectives[1:]:
+            if o.direction != "min":
+                continue
+            best = best_within(front, quality, 0.005, o.metric)
+            ratio = front.ratio(best, o.metric) if best else None
+            if ratio is not None:
+                summary[f"best_{o.metric}_ratio_within_0.5pp"] = ratio
+        self.recorder.log_study_summary(summary, files, step=history[-1][0] if history else None)
+        self.recorder.flush(timeout_s=10)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.recorder.uri
+
+
+def artifact_paths(study: Study) -> dict[str, Path]:
+    folder = study.dir / "pareto"
+    return {p.name: p for p in folder.glob("pareto.*")} if folder.is_dir() else {}

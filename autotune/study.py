@@ -1,0 +1,205 @@
+"""A named study on disk: its folder, its saved settings, its lock, its Optuna storage and what it holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.errors import StudyError
+from autotune.objectives import Constraint, Objective
+
+# Optuna user attributes that carry autotune's record of a trial (the source of truth for resume).
+STATUS = "autotune.status"
+POLICY = "autotune.policy"
+METRICS = "autotune.metrics"
+CURVES = "autotune.curves"
+STOPPED_AT = "autotune.stopped_at_epoch"
+ERROR = "autotune.error"
+RAY_ID = "autotune.ray_trial_id"
+BASELINE = "autotune.baseline"
+INTERRUPTED = "interrupted"
+FINAL_STATUSES = ("finished", "stopped", "failed", "diverged")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def studies_home() -> Path:
+    return Path(os.environ.get("AUTOTUNE_HOME", "autotune_studies")).resolve()
+
+
+@dataclass
+class StudyConfig:
+    """What defines a study; a resumed study must be asked for with the same settings."""
+
+    name: str
+    model_file: str
+    model_sha256: str
+    objectives: list[tuple[str, str]]
+    constraints: list[tuple[str, str, float]]
+    space_file: str
+    sampler: str
+    epochs: int
+    trials: int
+    seed: int
+    early_stop: bool
+    rungs: list[int]
+    eta: int
+    created: float = field(default_factory=time.time)
+
+    def objective_list(self) -> list[Objective]:
+        return [Objective(m, d) for m, d in self.objectives]  # type: ignore[arg-type]
+
+    def constraint_list(self) -> list[Constraint]:
+        return [Constraint(m, op, b) for m, op, b in self.constraints]
+
+
+@dataclass
+class TrialView:
+    """One finished trial as the study records it (not as the sampler was told)."""
+
+    number: int
+    status: str
+    policy: dict[str, Any]
+    metrics: dict[str, float]
+    curves: list[dict[str, float]]
+    stopped_at_epoch: int | None
+    error: str | None
+    ray_trial_id: str | None
+    baseline: bool
+    feasible: bool
+    started: float | None
+    ended: float | None
+
+
+class Study:
+    """The folder `<home>/<name>/`: study.json, optuna.db, ray/, spool/ and a lock."""
+
+    def __init__(self, name: str, home: Path | None = None) -> None:
+        if not _NAME.match(name):
+            raise StudyError(f"Study name {name!r} is not valid.",
+                             fix="use letters, digits, '.', '_' and '-' (up to 100 characters).")
+        self.name = name
+        self.home = home or studies_home()
+        self.dir = self.home / name
+        self._lock = filelock.FileLock(str(self.dir / ".lock"), timeout=0)
+        self._optuna: optuna.Study | None = None
+
+    # ---- folder and settings --------------------------------------------------------------
+    @property
+    def exists(self) -> bool:
+        return (self.dir / "study.json").is_file()
+
+    @property
+    def storage_url(self) -> str:
+        return f"sqlite:///{self.dir / 'optuna.db'}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.dir / "spool"
+
+    @property
+    def ray_dir(self) -> Path:
+        return self.dir / "ray"
+
+    def load_config(self) -> StudyConfig:
+        try:
+            return StudyConfig(**json.loads((self.dir / "study.json").read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise StudyError(f"Study {self.name!r} at {self.dir} has an unreadable study.json ({exc}).",
+                             fix="restore the file, or start a new study with another --name.") from None
+
+    def save_config(self, config: StudyConfig) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "study.json.tmp"
+        tmp.write_text(json.dumps(asdict(config), indent=2))
+        os.replace(tmp, self.dir / "study.json")  # atomic: a kill never leaves half a file
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Only one driver per study; a second one gets a clear error instead of corrupting it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise StudyError(
+                f"Study {self.name!r} is already being run by another autotune process "
+                f"(lock {self.dir / '.lock'} is held).",
+                fix="wait for it to finish, stop it (Ctrl-C), or use another --name.",
+            ) from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    # ---- Optuna -----------------------------------------------------------------------------
+    def optuna_study(self, sampler: optuna.samplers.BaseSampler | None = None,
+                     directions: list[str] | None = None) -> optuna.Study:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if directions is not None:
+            self._optuna = optuna.create_study(
+                study_name=self.name, storage=self.storage_url, sampler=sampler,
+                directions=["maximize" if d == "max" else "minimize" for d in directions],
+                load_if_exists=True)
+        else:
+            self._optuna = optuna.load_study(study_name=self.name, storage=self.storage_url,
+                                             sampler=sampler)
+        return self._optuna
+
+    def recover_interrupted(self, study: optuna.Study) -> list[int]:
+        """Trials left RUNNING by a killed driver: mark them interrupted, re-enqueue their policy once."""
+        numbers = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            if t.state == TrialState.WAITING:
+                continue  # already enqueued for a rerun by an earlier recovery
+            study._storage.set_trial_user_attr(t._trial_id, STATUS, INTERRUPTED)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            if t.user_attrs.get(BASELINE):
+                continue  # the baseline is re-issued from the default policy, not from Optuna
+            if t.params:
+                study.enqueue_trial(t.params, user_attrs={"autotune.rerun_of": t.number})
+            numbers.append(t.number)
+        return numbers
+
+    def trial_views(self, study: optuna.Study | None = None) -> list[TrialView]:
+        study = study or self.optuna_study()
+        return [v for t in study.get_trials(deepcopy=False) if (v := view(t)) is not None]
+
+
+def view(t: FrozenTrial) -> TrialView | None:
+    status = t.user_attrs.get(STATUS)
+    if status not in FINAL_STATUSES:
+        return None
+    constraints = t.system_attrs.get("constraints")
+    feasible = True
+    if constraints:
+        feasible = all(v <= 0 for v in constraints)
+    else:
+        feasible = all(v <= 0 for k, v in t.system_attrs.items() if k.startswith("constraints:"))
+    return TrialView(
+        number=t.number, status=status, policy=dict(t.user_attrs.get(POLICY, {})),
+        metrics={k: float(v) for k, v in (t.user_attrs.get(METRICS) or {}).items()},
+        curves=list(t.user_attrs.get(CURVES) or []),
+        stopped_at_epoch=t.user_attrs.get(STOPPED_AT), error=t.user_attrs.get(ERROR),
+        ray_trial_id=t.user_attrs.get(RAY_ID), baseline=bool(t.user_attrs.get(BASELINE)),
+        feasible=feasible,
+        started=t.datetime_start.timestamp() if t.datetime_start else None,
+        ended=t.datetime_complete.timestamp() if t.datetime_complete else None,
+    )
+
+
+def list_study_names(home: Path | None = None) -> list[str]:
+    home = home or studies_home()
+    if not home.is_dir():
+        return []
+    return sorted(p.name for p in home.iterdir() if (p / "study.json").is_file())

@@ -1,0 +1,489 @@
+"""MLflow recording of a study: one writer, each operation spooled on disk first, idempotent."""
+
+from __future__ import annotations
+
+import json
+import logging
+import numbers
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from autotune.errors import TrackingError
+
+_log = logging.getLogger(__name__)
+
+EXPERIMENT_PREFIX = "autotune/"
+_TERMINAL = {"finished": "FINISHED", "stopped": "FINISHED",
+             "failed": "FAILED", "diverged": "FAILED"}
+_PARAMS_PER_BATCH, _ENTITIES_PER_BATCH = 100, 1000  # mlflow.utils.validation limits
+_PARAM_LEN, _TAG_LEN, _KEY_LEN = 6000, 8000, 250
+_CALL_BUDGET_S = 2.0  # how long an ordinary call may spend sending backlog: the study comes first
+_MAX_BACKOFF_S = 30.0
+_USERINFO = re.compile(r"(?<=://)[^/?#@\s]+@")
+_SECRET_QUERY = re.compile(
+    r"([?&][^=&#\s]*(?:token|secret|passw|pwd|key|sig|auth|credential|session)[^=&#\s]*=)"
+    r"[^&#\s]+", re.I)
+
+
+def resolve_tracking_uri(explicit: str | None, home: Path) -> str:
+    """--tracking-uri, then MLFLOW_TRACKING_URI, then the embedded SQLite store in `home`."""
+    if explicit:
+        return explicit
+    if env := os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        return env
+    return f"sqlite:///{Path(home).expanduser().resolve() / 'mlflow.db'}"
+
+
+def redact_uri(uri: str) -> str:
+    """The URI (or any text quoting one) without credentials: user:password@ and token-like
+    query values become ***."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub("***@", uri))
+
+
+_redact_text = redact_uri  # MLflow's error messages quote request URLs, credentials included
+
+
+def _key(name: str) -> str:
+    # MLflow refuses keys outside [/\w.\- ]; a refused key would poison the whole batch.
+    return re.sub(r"[^/\w.\- ]", "_", str(name)).strip("/ ")[:_KEY_LEN] or "_"
+
+
+def _artifact_root(uri: str) -> Path | None:
+    """<db folder>/mlartifacts for a SQLite store, so a stale ./mlruns never receives anything."""
+    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+        return Path(uri[len("sqlite:///"):].split("?")[0]).parent / "mlartifacts"
+    return None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    trial_number: int  # Optuna trial number: the idempotency key
+    status: str  # "finished" | "stopped" (early-stopped) | "failed" | "diverged"
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    curves: list[dict[str, float]]  # one dict per epoch, each with "epoch" (int >= 1)
+    stopped_at_epoch: int | None = None
+    error: str | None = None
+    ray_trial_id: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+class _Permanent(Exception):
+    """An operation MLflow will never accept as it is (bad request): set aside, not retried."""
+
+
+@contextmanager
+def _bounded_http(timeout_s: int) -> Iterator[None]:
+    # MLflow reads these at every request (environment_variables.py, rest_utils.http_request);
+    # its default of 7 retries with backoff would block the study for minutes during an outage.
+    # The spool is our retry, so one attempt with a short timeout, for our calls only.
+    new = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    old = {k: os.environ.get(k) for k in new}
+    os.environ.update(new)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    root = _artifact_root(uri)
+    if root is not None:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except Exception as e:
+        raise TrackingError(f"Cannot open the MLflow store {redact_uri(uri)}: "
+                            f"{_redact_text(str(e))}",
+                            fix="check --tracking-uri / MLFLOW_TRACKING_URI.") from e
+
+
+def _all_runs(client: Any, exp_id: str, filter_string: str) -> list[Any]:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        if not (token := page.token):
+            return runs
+
+
+class Recorder:
+    """The study's one MLflow writer: spool first (fsync'ed JSONL), then apply, then forget."""
+
+    def __init__(self, tracking_uri: str, study_name: str, spool_dir: Path,
+                 http_timeout_s: int = 3) -> None:
+        if not re.fullmatch(r"[\w.\- ]+", study_name):
+            raise TrackingError(f"Study name {study_name!r} cannot name an MLflow experiment.",
+                                fix="use letters, digits, '_', '-', '.' and spaces.")
+        self.uri, self.study = tracking_uri, study_name
+        self.spool_dir = Path(spool_dir)
+        (self.spool_dir / "blobs").mkdir(parents=True, exist_ok=True)
+        self._ops, self._dead = self.spool_dir / "pending.jsonl", self.spool_dir / "failed.jsonl"
+        self._http_timeout = http_timeout_s
+        from filelock import FileLock
+
+        self._lock = threading.RLock()
+        self._flock = FileLock(str(self.spool_dir / ".lock"))  # a second process on this spool
+        self._client = _client(tracking_uri)
+        self._exp: dict[str, str] = {}
+        self._parents: dict[str, str] = {}
+        self._children: dict[tuple[str, int], str] = {}
+        self._retry_at, self._delay, self._outage = 0.0, 1.0, False
+        self._drain(time.monotonic() + _CALL_BUDGET_S)  # whatever a previous process left
+
+    # ---- public API: each call spools one operation, then tries to send the backlog ----
+
+    def start_study(self, params: dict[str, Any], tags: dict[str, str]) -> None:
+        self._submit("start", params=_params(params), tags={_key(k): str(v)[:_TAG_LEN]
+                                                           for k, v in tags.items()})
+
+    def log_trial(self, rec: TrialRecord) -> None:
+        if rec.status not in _TERMINAL:
+            raise TrackingError(f"Trial status must be one of {sorted(_TERMINAL)}, got "
+                                f"{rec.status!r}.", fix="this is an autotune bug; report it.")
+        self._submit("trial", n=int(rec.trial_number), status=rec.status,
+                     params=_params(rec.params), metrics=_metrics(rec.metrics),
+                     curves=[{"epoch": int(c["epoch"]), **_metrics(c)} for c in rec.curves],
+                     stopped=rec.stopped_at_epoch, error=rec.error, ray=rec.ray_trial_id,
+                     start=rec.started_at, end=rec.ended_at)
+
+    def set_front(self, ranks: dict[int, int]) -> None:
+        self._submit("front", ranks=[[int(n), int(r)] for n, r in ranks.items()])
+
+    def log_study_summary(self, metrics: dict[str, float], artifacts: dict[str, Path],
+                          step: int | None = None) -> None:
+        op_id = uuid.uuid4().hex
+        blobs: dict[str, str] = {}
+        for name, src in artifacts.items():
+            if not Path(src).is_file():
+                _log.warning("artefact %s not found; not recorded", src)
+                continue
+            dst = self.spool_dir / "blobs" / op_id / name  # copied: the caller may rewrite it
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            with open(dst, "rb") as f:
+                os.fsync(f.fileno())
+            blobs[name] = str(dst.relative_to(self.spool_dir))
+        self._submit("summary", op_id=op_id, metrics=_metrics(metrics), step=step, blobs=blobs)
+
+    def end_study(self, status: str = "FINISHED") -> None:
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise TrackingError(f"Study status must be FINISHED, FAILED or KILLED, got "
+                                f"{status!r}.", fix="this is an autotune bug; report it.")
+        self._submit("end", status=status)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Send what is pending, ignoring the outage back-off; True if nothing is left."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._drain(deadline) == 0:
+                return True
+            if time.monotonic() + 0.5 > deadline:
+                return False
+            time.sleep(0.5)  # e.g. a pooled connection to a restarted server failed once
+
+    def pending(self) -> int:
+        with self._lock, self._flock:
+            return len(self._read()[0])
+
+    # ---- the spool ----
+
+    def _submit(self, kind: str, op_id: str | None = None, **data: Any) -> None:
+        op = {"id": op_id or uuid.uuid4().hex, "kind": kind, "study": self.study,
+              "ts": int(time.time() * 1000), **data}
+        line = json.dumps(op) + "\n"  # NaN/inf survive as JSON extensions; json.loads reads them
+        with self._lock, self._flock:
+            with open(self._ops, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        if time.monotonic() >= self._retry_at:
+            self._drain(time.monotonic() + _CALL_BUDGET_S)
+
+    def _read(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The pending operations, and lines that do not parse (a write torn by a crash)."""
+        if not self._ops.exists():
+            return [], []
+        ops, bad = [], []
+        for line in self._ops.read_text(encoding="utf-8").splitlines():
+            try:
+                ops.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad.append(line)
+        return ops, [b for b in bad if b.strip()]
+
+    def _rewrite(self, ops: list[dict[str, Any]]) -> None:
+        tmp = self._ops.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(op) + "\n" for op in ops)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._ops)
+        fd = os.open(self.spool_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself must survive a crash
+        finally:
+            os.close(fd)
+
+    def _set_aside(self, op: dict[str, Any], why: str) -> None:
+        _log.error("MLflow operation %s set aside in %s: %s", op.get("kind", "?"), self._dead, why)
+        with open(self._dead, "a", encoding="utf-8") as f:
+            f.write(json.dumps({**op, "error": why}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _drain(self, deadline: float) -> int:
+        """Apply spooled operations in order until one fails transiently or time is up."""
+        with self._lock, self._flock:
+            ops, bad = self._read()
+            for line in bad:
+                self._set_aside({"raw": line}, "unreadable spool line")
+            done, sent = 0, []
+            try:
+                for op in ops:
+                    if time.monotonic() > deadline:
+                        break
+                    try:
+                        self._apply_once_more_on_refusal(op)
+                        sent.append(op["id"])
+                    except _Permanent as e:
+                        self._set_aside(op, _redact_text(str(e.__cause__ or e))[:_TAG_LEN])
+                    except Exception as e:
+                        self._on_outage(e, len(ops) - done)
+                        break
+                    done += 1
+            finally:
+                if done or bad:  # removed only now that MLflow has it (or refused it for good)
+                    self._rewrite(ops[done:])
+                for op_id in sent:
+                    shutil.rmtree(self.spool_dir / "blobs" / op_id, ignore_errors=True)
+            if done and done == len(ops):
+                if self._outage:
+                    _log.warning("MLflow at %s reachable again; spooled operations sent",
+                                 redact_uri(self.uri))
+                self._outage, self._delay = False, 1.0
+            return len(ops) - done
+
+    def _on_outage(self, e: Exception, left: int) -> None:
+        if not self._outage:
+            _log.warning("MLflow at %s unreachable (%s); %d operation(s) kept in %s and sent when "
+                         "it returns", redact_uri(self.uri), _redact_text(str(e))[:300], left,
+                         self._ops)
+        self._outage = True
+        self._retry_at = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, _MAX_BACKOFF_S)
+
+    def _apply_once_more_on_refusal(self, op: dict[str, Any]) -> None:
+        for attempt in (0, 1):
+            try:
+                with _bounded_http(self._http_timeout):
+                    return getattr(self, f"_do_{op['kind']}")(op)
+            except Exception as e:
+                if not _refused(e):
+                    raise
+                if attempt:
+                    raise _Permanent(str(e)) from e
+                # A cached id may be stale (run or experiment deleted by hand): look up again.
+                self._exp.clear()
+                self._parents.clear()
+                self._children.clear()
+
+    # ---- applying operations (each idempotent: found by tag, deterministic timestamps) ----
+
+    def _experiment(self, study: str) -> str:
+        if study in self._exp:
+            return self._exp[study]
+        name = EXPERIMENT_PREFIX + study
+        exp = self._client.get_experiment_by_name(name)
+        if exp is None:
+            root = _artifact_root(self.uri)
+            loc = (root / quote(name)).as_uri() if root else None
+            exp_id = self._client.create_experiment(name, artifact_location=loc)
+        else:
+            exp_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted":  # deleted by hand: the study still owns it
+                self._client.restore_experiment(exp_id)
+        self._exp[study] = exp_id
+        return exp_id
+
+    def _parent(self, study: str, ts: int) -> Any:
+        exp = self._experiment(study)
+        found = self._client.search_runs(
+            [exp], f"tags.`autotune.role` = 'study' and tags.`autotune.study` = '{study}'",
+            max_results=1, order_by=["attributes.start_time ASC"])
+        run = found[0] if found else self._client.create_run(
+            exp, start_time=ts, run_name=study,
+            tags={"autotune.study": study, "autotune.role": "study"})
+        self._parents[study] = run.info.run_id
+        return run
+
+    def _parent_id(self, study: str, ts: int) -> str:
+        return self._parents.get(study) or self._parent(study, ts).info.run_id
+
+    def _do_start(self, op: dict[str, Any]) -> None:
+        run = self._parent(op["study"], op["ts"])
+        if run.info.status != "RUNNING":
+            self._client.update_run(run.info.run_id, status="RUNNING")  # a resumed study
+        self._batch(run.info.run_id, [], self._new_params(run, op["params"]), op["tags"])
+
+    def _do_trial(self, op: dict[str, Any]) -> None:
+        study, n = op["study"], op["n"]
+        parent = self._parent_id(study, op["ts"])
+        run = None
+        if (study, n) in self._children:
+            run = self._client.get_run(self._children[(study, n)])
+        else:
+            found = self._client.search_runs(
+                [self._experiment(study)], f"tags.`autotune.trial_number` = '{n}' and "
+                f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1)
+            run = found[0] if found else None
+        base = int(op["start"] * 1000) if op["start"] else op["ts"]
+        if run is None:
+            run = self._client.create_run(
+                self._experiment(study), start_time=base, run_name=f"trial-{n}",
+                tags={"mlflow.parentRunId": parent, "autotune.study": study,
+                      "autotune.role": "trial", "autotune.trial_number": str(n)})
+        run_id = run.info.run_id
+        self._children[(study, n)] = run_id
+        tags = {"autotune.status": op["status"], "autotune.stopped_at_epoch": op["stopped"],
+                "autotune.error": op["error"], "autotune.ray_trial_id": op["ray"]}
+        stale = [k for k, v in tags.items() if v is None and k in run.data.tags]
+        tags = {k: str(v)[:_TAG_LEN] for k, v in tags.items() if v is not None}
+        # Timestamps come from the record, so a replay writes identical rows, which MLflow
+        # deduplicates instead of doubling every curve point.
+        metrics = [(k, v, base + c["epoch"], c["epoch"])
+                   for c in op["curves"] for k, v in c.items() if k != "epoch"]
+        last = max([c["epoch"] for c in op["curves"]] + [op["stopped"] or 0])
+        end = int(op["end"] * 1000) if op["end"] else op["ts"]
+        metrics += [(k, v, max(end, base + last + 1), last) for k, v in op["metrics"].items()]
+        self._batch(run_id, metrics, self._new_params(run, op["params"]), tags)
+        for k in stale:
+            self._client.delete_tag(run_id, k)
+        self._client.set_terminated(run_id, _TERMINAL[op["status"]], end_time=end)
+
+    def _do_front(self, op: dict[str, Any]) -> None:
+        ranks = {n: r for n, r in op["ranks"]}
+        parent = self._parent_id(op["study"], op["ts"])
+        for run in _all_runs(self._client, self._experiment(op["study"]),
+                             f"tags.`mlflow.parentRunId` = '{parent}'"):
+            have = run.data.tags
+            if "autotune.trial_number" not in have:
+                continue
+            n = int(have["autotune.trial_number"])
+            self._children[(op["study"], n)] = run.info.run_id
+            want = {"autotune.pareto": "true" if ranks.get(n) == 0 else "false"}
+            if n in ranks:
+                want["autotune.pareto_rank"] = str(ranks[n])
+            if any(have.get(k) != v for k, v in want.items()):  # only what changed: one call
+                self._batch(run.info.run_id, [], {}, want)
+            if n not in ranks and "autotune.pareto_rank" in have:
+                self._client.delete_tag(run.info.run_id, "autotune.pareto_rank")
+
+    def _do_summary(self, op: dict[str, Any]) -> None:
+        parent = self._parent_id(op["study"], op["ts"])
+        step = op["step"] or 0
+        self._batch(parent, [(k, v, op["ts"], step) for k, v in op["metrics"].items()], {}, {})
+        for name, rel in op["blobs"].items():
+            if not (self.spool_dir / rel).is_file():  # sent before a crash, then cleaned up
+                _log.warning("spooled artefact %s is gone; not sent again", rel)
+                continue
+            sub = str(Path(name).parent)
+            self._client.log_artifact(parent, str(self.spool_dir / rel),
+                                      None if sub == "." else sub)
+
+    def _do_end(self, op: dict[str, Any]) -> None:
+        self._client.set_terminated(self._parent_id(op["study"], op["ts"]), op["status"],
+                                    end_time=op["ts"])
+
+    def _new_params(self, run: Any, params: dict[str, str]) -> dict[str, str]:
+        # MLflow refuses to change a logged param; re-logging an equal one is a no-op.
+        have = run.data.params
+        for k in (k for k in params if k in have and have[k] != params[k]):
+            _log.warning("run %s: param %s already logged as %r; keeping it", run.info.run_id, k,
+                         have[k])
+        return {k: v for k, v in params.items() if k not in have}
+
+    def _batch(self, run_id: str, metrics: list[tuple[str, float, int, int]],
+               params: dict[str, str], tags: dict[str, str]) -> None:
+        """log_batch within MLflow's limits: 100 params+tags and 1000 entities per request."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        small = [Param(k, v) for k, v in params.items()] + [RunTag(k, v) for k, v in tags.items()]
+        mets = [Metric(k, v, ts, step) for k, v, ts, step in metrics]
+        while small or mets:
+            head, small = small[:_PARAMS_PER_BATCH], small[_PARAMS_PER_BATCH:]
+            room = _ENTITIES_PER_BATCH - len(head)
+            chunk, mets = mets[:room], mets[room:]
+            self._client.log_batch(
+                run_id, metrics=chunk, params=[p for p in head if isinstance(p, Param)],
+                tags=[t for t in head if isinstance(t, RunTag)], synchronous=True)
+
+
+def _params(params: dict[str, Any]) -> dict[str, str]:
+    return {_key(k): str(v)[:_PARAM_LEN] for k, v in params.items()}
+
+
+def _metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    # NaN/inf stay as they are (a diverged trial); MLflow stores them. Non-numbers are skipped.
+    return {_key(k): float(v) for k, v in metrics.items()
+            if k != "epoch" and isinstance(v, numbers.Real) and not isinstance(v, bool)}
+
+
+def _refused(e: Exception) -> bool:
+    """MLflow answered and said no (4xx): retrying the same request cannot help."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(e, MlflowException):
+        return False
+    code = e.get_http_status_code()
+    return 400 <= code < 500 and code not in (401, 403, 408, 429)
+
+
+def list_studies(tracking_uri: str) -> list[dict[str, Any]]:
+    """Every autotune study in the store: name, trials, front size, status of its parent run."""
+    client = _client(tracking_uri)
+    out = []
+    try:
+        with _bounded_http(10):
+            exps, token = [], None
+            while True:
+                page = client.search_experiments(
+                    filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'", page_token=token)
+                exps.extend(page)
+                if not (token := page.token):
+                    break
+            for exp in sorted(exps, key=lambda e: e.name):
+                trials = _all_runs(client, exp.experiment_id, "tags.`autotune.role` = 'trial'")
+                parent = client.search_runs([exp.experiment_id],
+                                            "tags.`autotune.role` = 'study'", max_results=1)
+                out.append({
+                    "name": exp.name[len(EXPERIMENT_PREFIX):], "experiment_id": exp.experiment_id,
+                    "trials": len(trials),
+                    "front": sum(r.data.tags.get("autotune.pareto") == "true" for r in trials),
+                    "status": parent[0].info.status if parent else None,
+                    "started_at": parent[0].info.start_time / 1000 if parent else None,
+                })
+    except TrackingError:
+        raise
+    except Exception as e:
+        raise TrackingError(f"Cannot list studies in {redact_uri(tracking_uri)}: "
+                            f"{_redact_text(str(e))[:500]}",
+                            fix="check that the tracking server is running and reachable.") from e
+    return out

@@ -1,0 +1,302 @@
+"""Tests for autotune.tracking against a real SQLite store and a real MLflow server."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from autotune.errors import TrackingError
+from autotune.tracking import Recorder, TrialRecord, list_studies, redact_uri, resolve_tracking_uri
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # One database for the module: creating MLflow's tables costs ~1.5 s each time.
+    return resolve_tracking_uri(None, tmp_path_factory.mktemp("home"))
+
+
+def rec(n: int, status: str = "finished", epochs: int = 3, acc: float | None = None,
+        **kw) -> TrialRecord:
+    acc = 0.5 + n / 100 if acc is None else acc
+    curves = [{"epoch": e, "acc": acc * e / epochs, "loss": 1.0 / e} for e in range(1, epochs + 1)]
+    return TrialRecord(n, status, {"optim.lr": 0.01 * (n + 1), "optim.name": "adam"},
+                       {"acc": acc, "cost/time_s": 10.0 - n}, curves, started_at=1000.0 + n,
+                       ended_at=1010.0 + n, **kw)
+
+
+def children(uri: str, study: str) -> dict[int, object]:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(f"autotune/{study}")
+    runs = client.search_runs([exp.experiment_id], "tags.`autotune.role` = 'trial'")
+    numbers = [int(r.data.tags["autotune.trial_number"]) for r in runs]
+    assert len(numbers) == len(set(numbers)), f"duplicate child runs: {sorted(numbers)}"
+    return {n: r for n, r in zip(numbers, runs, strict=True)}
+
+
+def parent(uri: str, study: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(f"autotune/{study}")
+    runs = client.search_runs([exp.experiment_id], "tags.`autotune.role` = 'study'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_resolve_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert resolve_tracking_uri(None, tmp_path) == "http://env:5000"
+    assert resolve_tracking_uri("http://flag:5000", tmp_path) == "http://flag:5000"
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("https://alice:s3cret@host:5000/path", "https://***@host:5000/path"),
+    ("http://tok@host", "http://***@host"),
+    ("https://host/x?access_token=abc&experiment=3", "https://host/x?access_token=***&experiment=3"),
+    ("sqlite:////home/me/mlflow.db", "sqlite:////home/me/mlflow.db"),
+    ("databricks://profile", "databricks://profile"),
+])
+def test_redact_uri(uri: str, expected: str) -> None:
+    assert redact_uri(uri) == expected
+
+
+def test_parent_and_children(store: str, tmp_path: Path) -> None:
+    r = Recorder(store, "basic", tmp_path / "spool")
+    r.start_study({"model": "mlp.py", "budget": 5}, {"autotune.version": "0.1.0"})
+    for n in range(4):
+        r.log_trial(rec(n))
+    r.log_trial(rec(4, "failed", epochs=1, error="RuntimeError: boom\n" * 2000))
+    r.log_trial(rec(5, "stopped", stopped_at_epoch=2, ray_trial_id="abc_00005"))
+    r.end_study()
+    assert r.pending() == 0
+
+    top = parent(store, "basic")
+    assert top.data.tags["autotune.study"] == "basic"
+    assert top.data.params == {"model": "mlp.py", "budget": "5"}
+    assert top.info.status == "FINISHED"
+    kids = children(store, "basic")
+    assert sorted(kids) == list(range(6))
+    for n, run in kids.items():
+        assert run.data.tags["mlflow.parentRunId"] == top.info.run_id
+        assert run.info.run_name == f"trial-{n}"
+        assert run.data.metrics["acc"] == pytest.approx(0.5 + n / 100)
+        assert run.data.params["optim.lr"] == str(0.01 * (n + 1))
+    assert kids[4].info.status == "FAILED" and kids[5].info.status == "FINISHED"
+    assert kids[4].data.tags["autotune.status"] == "failed"
+    assert len(kids[4].data.tags["autotune.error"]) == 8000  # truncated to MLflow's limit
+    assert kids[5].data.tags["autotune.stopped_at_epoch"] == "2"
+    assert kids[5].data.tags["autotune.ray_trial_id"] == "abc_00005"
+    assert "autotune.error" not in kids[0].data.tags
+    assert kids[0].info.start_time == 1_000_000 and kids[0].info.end_time == 1_010_000
+    # A resumed study reuses its parent run and marks it running again.
+    again = Recorder(store, "basic", tmp_path / "spool")
+    again.start_study({"model": "mlp.py", "budget": 5}, {})
+    assert parent(store, "basic").info.status == "RUNNING"
+    assert list_studies(store) and {"name": "basic", "trials": 6, "front": 0}.items() <= next(
+        s for s in list_studies(store) if s["name"] == "basic").items()
+
+
+def test_curves_are_steps_and_relog_is_idempotent(store: str, tmp_path: Path) -> None:
+    r = Recorder(store, "idem", tmp_path / "spool")
+    r.start_study({}, {})
+    r.log_trial(rec(7, epochs=5))
+    r.log_trial(rec(7, epochs=5))  # the driver logs the same trial again
+    Recorder(store, "idem", tmp_path / "other").log_trial(rec(7, epochs=5))  # a resumed process
+    kids = children(store, "idem")
+    assert list(kids) == [7]
+    client = MlflowClient(tracking_uri=store)
+    hist = client.get_metric_history(kids[7].info.run_id, "loss")
+    assert sorted(m.step for m in hist) == [1, 2, 3, 4, 5]
+    acc = client.get_metric_history(kids[7].info.run_id, "acc")
+    assert sorted(m.step for m in acc) == [1, 2, 3, 4, 5, 5]  # curve + final value at the end
+    assert kids[7].data.metrics["acc"] == pytest.approx(0.57)  # the final value is the latest
+    # An update may change the status (a trial resumed after a crash finishes later).
+    r.log_trial(rec(7, "diverged", epochs=5, acc=math.nan, error="loss is NaN"))
+    kid = children(store, "idem")[7]
+    assert kid.info.status == "FAILED" and kid.data.tags["autotune.error"] == "loss is NaN"
+
+
+def test_many_params_batched_and_truncated(store: str, tmp_path: Path) -> None:
+    r = Recorder(store, "wide", tmp_path / "spool")
+    params = {f"p{i:03d}": i for i in range(250)} | {"long": "x" * 10_000, "bad key!": 1}
+    r.start_study(params, {})
+    r.log_trial(TrialRecord(0, "finished", params, {f"m{i}": float(i) for i in range(1500)}, []))
+    for run in (parent(store, "wide"), children(store, "wide")[0]):
+        assert len(run.data.params) == 252
+        assert len(run.data.params["long"]) == 6000
+        assert run.data.params["bad key_"] == "1"
+    assert len(children(store, "wide")[0].data.metrics) == 1500
+
+
+def test_set_front_follows_the_front(store: str, tmp_path: Path) -> None:
+    r = Recorder(store, "front", tmp_path / "spool")
+    r.start_study({}, {})
+    for n in range(4):
+        r.log_trial(rec(n))
+    r.set_front({0: 0, 1: 0, 2: 1, 3: 2})
+    tags = {n: run.data.tags for n, run in children(store, "front").items()}
+    assert [tags[n]["autotune.pareto"] for n in range(4)] == ["true", "true", "false", "false"]
+    assert [tags[n]["autotune.pareto_rank"] for n in range(4)] == ["0", "0", "1", "2"]
+    r.log_trial(rec(4, "failed"))
+    r.set_front({0: 1, 1: 0, 3: 0})  # 0 leaves the front, 3 joins it, 2 drops out of the ranking
+    tags = {n: run.data.tags for n, run in children(store, "front").items()}
+    assert [tags[n]["autotune.pareto"] for n in range(5)] == [
+        "false", "true", "false", "true", "false"]
+    assert tags[0]["autotune.pareto_rank"] == "1" and "autotune.pareto_rank" not in tags[2]
+    front = next(s for s in list_studies(store) if s["name"] == "front")
+    assert front["trials"] == 5 and front["front"] == 2
+
+
+def test_study_summary_metrics_and_artifacts(store: str, tmp_path: Path) -> None:
+    r = Recorder(store, "summary", tmp_path / "spool")
+    r.start_study({}, {})
+    csv = tmp_path / "pareto.csv"
+    for step, hv in ((3, 0.4), (5, 0.6)):
+        csv.write_text(f"hv\n{hv}\n")
+        r.log_study_summary({"hypervolume": hv}, {"pareto.csv": csv}, step=step)
+    csv.unlink()
+    top = parent(store, "summary")
+    client = MlflowClient(tracking_uri=store)
+    hist = client.get_metric_history(top.info.run_id, "hypervolume")
+    assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == [(3, 0.4), (5, 0.6)]
+    assert [f.path for f in client.list_artifacts(top.info.run_id)] == ["pareto.csv"]
+    got = client.download_artifacts(top.info.run_id, "pareto.csv", str(tmp_path))
+    assert Path(got).read_text() == "hv\n0.6\n"
+    assert "mlartifacts" in top.info.artifact_uri  # never ./mlruns
+    assert not any((tmp_path / "spool" / "blobs").iterdir())  # sent copies are removed
+
+
+def _dead_uri() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there
+
+
+def test_unreachable_store_spools_then_a_new_process_flushes(store: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    down = Recorder(_dead_uri(), "outage", spool)
+    t0 = time.monotonic()
+    down.start_study({"a": 1}, {})
+    for n in range(3):
+        down.log_trial(rec(n))
+    down.set_front({0: 0, 1: 1, 2: 0})
+    (tmp_path / "p.html").write_text("<html/>")
+    down.log_study_summary({"hypervolume": 0.3}, {"pareto.html": tmp_path / "p.html"}, step=3)
+    assert time.monotonic() - t0 < 3.0
+    assert down.pending() == 6 and not down.flush(timeout_s=0.2)
+    snapshot = (spool / "pending.jsonl").read_text()
+
+    up = Recorder(store, "outage", spool)  # the next command, same spool: sends the backlog
+    assert up.pending() == 0
+    kids = children(store, "outage")
+    assert sorted(kids) == [0, 1, 2] and kids[2].data.tags["autotune.pareto"] == "true"
+    # A crash after sending but before the spool was rewritten replays everything: no duplicates.
+    (spool / "pending.jsonl").write_text(snapshot + "{torn wri")
+    assert Recorder(store, "outage", spool).flush()
+    kids = children(store, "outage")
+    assert sorted(kids) == [0, 1, 2]
+    client = MlflowClient(tracking_uri=store)
+    assert len(client.get_metric_history(kids[0].info.run_id, "loss")) == 3
+    assert "{torn wri" in (spool / "failed.jsonl").read_text()  # kept aside, not lost
+
+
+def test_bad_input_is_refused(store: str, tmp_path: Path) -> None:
+    with pytest.raises(TrackingError, match="cannot name"):
+        Recorder(store, "no'quotes", tmp_path / "spool")
+    r = Recorder(store, "bad", tmp_path / "spool")
+    with pytest.raises(TrackingError, match="must be one of"):
+        r.log_trial(rec(0, "pruned"))
+
+
+# ---- a real MLflow server killed mid-study ----
+
+
+class _Server:
+    def __init__(self, root: Path) -> None:
+        self.root, self.proc = root, None
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+               f"sqlite:///{self.root / 'db.sqlite'}", "--artifacts-destination",
+               str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+               "-w", "1"]
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=log,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError("mlflow server did not become healthy in 45 s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: workers and job runners
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    srv = _Server(tmp_path)
+    try:
+        yield srv
+    finally:
+        srv.kill()
+
+
+@pytest.mark.integration
+def test_server_killed_mid_study(server: _Server, tmp_path: Path) -> None:
+    server.start()
+    r = Recorder(server.uri, "live", tmp_path / "spool")
+    r.start_study({"model": "mlp.py"}, {})
+    for n in range(3):
+        r.log_trial(rec(n))
+    assert r.pending() == 0
+
+    server.kill()
+    (tmp_path / "pareto.png").write_bytes(b"\x89PNG fake")
+    slowest = 0.0
+    for call in [lambda n=n: r.log_trial(rec(n)) for n in range(3, 7)] + [
+            lambda: r.set_front({n: int(n % 2 == 1) for n in range(7)}),
+            lambda: r.log_study_summary({"hypervolume": 0.5}, {"pareto.png":
+                                                               tmp_path / "pareto.png"}, step=7)]:
+        t0 = time.monotonic()
+        call()  # must neither raise nor block the study
+        slowest = max(slowest, time.monotonic() - t0)
+    assert slowest < 3.0
+    assert r.pending() == 6
+
+    server.start()  # same port, same database
+    assert r.flush(timeout_s=20)
+    r.end_study()
+    assert r.pending() == 0
+    kids = children(server.uri, "live")
+    assert sorted(kids) == list(range(7))
+    for n, run in kids.items():
+        assert run.data.metrics["acc"] == pytest.approx(0.5 + n / 100)
+        assert run.data.tags["autotune.pareto"] == ("false" if n % 2 else "true")
+    top = parent(server.uri, "live")
+    assert top.info.status == "FINISHED" and top.data.metrics["hypervolume"] == 0.5
+    client = MlflowClient(tracking_uri=server.uri)
+    assert [f.path for f in client.list_artifacts(top.info.run_id)] == ["pareto.png"]
+    assert len(client.get_metric_history(kids[0].info.run_id, "loss")) == 3
