@@ -102,14 +102,14 @@ def _duration(secs: float) -> str:
 def front_table(front: Front, title: str, show_keys: Sequence[str] | None = None) -> Table:
     """The front, baseline first, with each point's knobs that differ from the baseline and its
     cost ratios against the baseline."""
-    table = Table(title=title)
-    table.add_column("trial", justify="right")
+    table = Table(title=title, expand=False)
+    table.add_column("trial", justify="right", no_wrap=True)
     for o in front.objectives:
-        table.add_column(f"{o.metric} ({o.direction})", justify="right")
+        table.add_column(f"{o.metric}\n({o.direction})", justify="right", no_wrap=True)
     costs = [o for o in front.objectives if o.direction == "min"][: 3]
     for o in costs:
-        table.add_column(f"× {o.metric}", justify="right")
-    table.add_column("policy (vs baseline)")
+        table.add_column(f"×{o.metric}", justify="right", no_wrap=True)
+    table.add_column("policy (knobs that differ from the baseline)", overflow="fold", min_width=30)
     base = front.baseline
     rows = ([base] if base else []) + [t for t in front.members if not base or t.number != base.number]
     for t in rows:
@@ -128,11 +128,21 @@ def front_table(front: Front, title: str, show_keys: Sequence[str] | None = None
     return table
 
 
+_SHORT = (("optimizer.", "opt."), ("schedule.", "sched."), ("prune.", "prune."), ("model.", "m."))
+
+
 def _diff(policy: dict[str, Any], base: dict[str, Any]) -> str:
-    changed = {k: v for k, v in policy.items() if base.get(k) != v and k not in ("seed",)}
+    """The knobs that differ from the baseline, shortened so a front fits a terminal."""
     parts = []
-    for k, v in changed.items():
+    for k, v in policy.items():
+        if base.get(k) == v or k == "seed":
+            continue
+        for long, short in _SHORT:
+            if k.startswith(long):
+                k = short + k[len(long):]
         if isinstance(v, float) and math.isfinite(v):
             v = f"{v:.3g}"
+        elif isinstance(v, list):
+            v = ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
         parts.append(f"{k}={v}")
-    return ", ".join(parts) or "(same as baseline)"
+    return " ".join(parts) or "(same as baseline)"

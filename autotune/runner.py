@@ -195,12 +195,18 @@ def default_name(mf: ModelFile) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", mf.path.parent.name or mf.path.stem)
 
 
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value))  # tuples and lists compare equal, as study.json stores them
+
+
 def _check_same(study: Study, config: StudyConfig) -> StudyConfig:
     """A resumed study must be asked for with the settings it was created with (trials may grow)."""
     old = study.load_config()
     diffs = [k for k in ("objectives", "constraints", "space_file", "sampler", "epochs",
                          "early_stop", "rungs", "eta")
-             if getattr(old, k) != getattr(config, k)]
+             if _jsonable(getattr(old, k)) != _jsonable(getattr(config, k))]
     if old.model_sha256 != config.model_sha256:
         diffs.append("model file contents")
     if diffs:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 
 from autotune.errors import StudyError
@@ -12,12 +14,14 @@ DEFAULT_SAMPLER = "tpe"  # benchmarks (docs/BENCHMARKS.md): MO-TPE beats NSGA-II
 
 def make_sampler(name: str, *, n_trials: int, seed: int | None) -> optuna.samplers.BaseSampler:
     name = name.lower()
+    # `group` and GPSampler are marked experimental; the warning would reach every user's terminal.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if name == "tpe":
         # Multivariate TPE models knob interactions (pruning ratio × lr); a short random start-up
         # matters on the small budgets autotune is used with.
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, constant_liar=True,
-            n_startup_trials=max(4, min(10, n_trials // 4)), warn_independent_sampling=False,
+            n_startup_trials=max(4, min(10, n_trials // 4)),
         )
     if name in ("nsga2", "nsga3"):
         # The default population of 50 makes NSGA random search on small budgets: size it.

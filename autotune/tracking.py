@@ -87,8 +87,10 @@ class _Permanent(Exception):
 def _bounded_http(timeout_s: int) -> Iterator[None]:
     # MLflow reads these at every request (environment_variables.py, rest_utils.http_request);
     # its default of 7 retries with backoff would block the study for minutes during an outage.
-    # The spool is our retry, so one attempt with a short timeout, for our calls only.
-    new = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    # The spool is our retry, so one attempt with a short timeout, for our calls only. And
+    # set_terminated on a server prints "View run ... at: <url>" to stdout (plus a get_run).
+    new = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+           "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     old = {k: os.environ.get(k) for k in new}
     os.environ.update(new)
     try:
@@ -113,6 +115,13 @@ def _client(uri: str) -> Any:
         raise TrackingError(f"Cannot open the MLflow store {redact_uri(uri)}: "
                             f"{_redact_text(str(e))}",
                             fix="check --tracking-uri / MLFLOW_TRACKING_URI.") from e
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")  # NaN/inf survive as JSON extensions json.loads reads
+        f.flush()
+        os.fsync(f.fileno())  # durable before the call returns: a crash right after loses nothing
 
 
 def _all_runs(client: Any, exp_id: str, filter_string: str) -> list[Any]:
@@ -208,12 +217,8 @@ class Recorder:
     def _submit(self, kind: str, op_id: str | None = None, **data: Any) -> None:
         op = {"id": op_id or uuid.uuid4().hex, "kind": kind, "study": self.study,
               "ts": int(time.time() * 1000), **data}
-        line = json.dumps(op) + "\n"  # NaN/inf survive as JSON extensions; json.loads reads them
         with self._lock, self._flock:
-            with open(self._ops, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            _append(self._ops, op)
         if time.monotonic() >= self._retry_at:
             self._drain(time.monotonic() + _CALL_BUDGET_S)
 
@@ -244,10 +249,7 @@ class Recorder:
 
     def _set_aside(self, op: dict[str, Any], why: str) -> None:
         _log.error("MLflow operation %s set aside in %s: %s", op.get("kind", "?"), self._dead, why)
-        with open(self._dead, "a", encoding="utf-8") as f:
-            f.write(json.dumps({**op, "error": why}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _append(self._dead, {**op, "error": why})
 
     def _drain(self, deadline: float) -> int:
         """Apply spooled operations in order until one fails transiently or time is up."""
@@ -296,8 +298,11 @@ class Recorder:
                 with _bounded_http(self._http_timeout):
                     return getattr(self, f"_do_{op['kind']}")(op)
             except Exception as e:
-                if not _refused(e):
+                if _transient(e):
                     raise
+                if not _refused(e):  # a bug, or an op spooled by another version: never stall
+                    _log.exception("cannot apply spooled MLflow operation %s", op.get("kind"))
+                    raise _Permanent(repr(e)) from e
                 if attempt:
                     raise _Permanent(str(e)) from e
                 # A cached id may be stale (run or experiment deleted by hand): look up again.
@@ -346,7 +351,6 @@ class Recorder:
     def _do_trial(self, op: dict[str, Any]) -> None:
         study, n = op["study"], op["n"]
         parent = self._parent_id(study, op["ts"])
-        run = None
         if (study, n) in self._children:
             run = self._client.get_run(self._children[(study, n)])
         else:
@@ -446,6 +450,16 @@ def _metrics(metrics: dict[str, Any]) -> dict[str, float]:
             if k != "epoch" and isinstance(v, numbers.Real) and not isinstance(v, bool)}
 
 
+def _transient(e: Exception) -> bool:
+    """Worth retrying later: the store is unreachable, overloaded or locked."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, MlflowException):
+        return not _refused(e)
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in (
+        "requests", "urllib3", "sqlalchemy", "sqlite3")
+
+
 def _refused(e: Exception) -> bool:
     """MLflow answered and said no (4xx): retrying the same request cannot help."""
     from mlflow.exceptions import MlflowException
@@ -462,13 +476,8 @@ def list_studies(tracking_uri: str) -> list[dict[str, Any]]:
     out = []
     try:
         with _bounded_http(10):
-            exps, token = [], None
-            while True:
-                page = client.search_experiments(
-                    filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'", page_token=token)
-                exps.extend(page)
-                if not (token := page.token):
-                    break
+            exps = client.search_experiments(  # 50000: MLflow's page maximum, no paging
+                filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'", max_results=50_000)
             for exp in sorted(exps, key=lambda e: e.name):
                 trials = _all_runs(client, exp.experiment_id, "tags.`autotune.role` = 'trial'")
                 parent = client.search_runs([exp.experiment_id],
@@ -480,8 +489,6 @@ def list_studies(tracking_uri: str) -> list[dict[str, Any]]:
                     "status": parent[0].info.status if parent else None,
                     "started_at": parent[0].info.start_time / 1000 if parent else None,
                 })
-    except TrackingError:
-        raise
     except Exception as e:
         raise TrackingError(f"Cannot list studies in {redact_uri(tracking_uri)}: "
                             f"{_redact_text(str(e))[:500]}",

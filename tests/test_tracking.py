@@ -300,3 +300,5 @@ def test_server_killed_mid_study(server: _Server, tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=server.uri)
     assert [f.path for f in client.list_artifacts(top.info.run_id)] == ["pareto.png"]
     assert len(client.get_metric_history(kids[0].info.run_id, "loss")) == 3
+    [study] = list_studies(server.uri)
+    assert (study["name"], study["trials"], study["front"]) == ("live", 7, 4)

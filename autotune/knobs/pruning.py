@@ -1,7 +1,11 @@
-"""Pruning: global magnitude (torch.nn.utils.prune) and structured channels (torch-pruning), one-shot or gradual."""
+"""Pruning: global magnitude (torch.nn.utils.prune) or structured channels (torch-pruning).
+
+Either runs one-shot or gradually (a cubic schedule)."""
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,7 +45,7 @@ def _forward_output(model: nn.Module, example_inputs: Any) -> torch.Tensor:
 
 
 def output_layers(model: nn.Module, example_inputs: Any) -> list[nn.Module]:
-    """Layers whose output channels are the model's outputs: structured pruning must not cut them."""
+    """Layers whose output channels are the model's outputs: structured pruning keeps them."""
     leaves = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
     if not leaves:
         return []
@@ -72,31 +76,71 @@ class Pruner:
             ]
             if not self.targets:
                 raise PolicyError(
-                    "prune.method='magnitude' found no Linear/Conv/RNN/Embedding weights to prune.",
+                    "prune.method='magnitude' found no Linear/Conv/RNN/Embedding weights "
+                    "to prune.",
                     fix="use prune.method=none for this model.",
                 )
         elif self.method == "structured":
-            self._tp_pruner = self._make_tp_pruner()
+            self._check_structured_removes_something()
+            self._tp_pruner = self._make_tp_pruner(model)
 
-    def _make_tp_pruner(self) -> Any:
+    def _check_structured_removes_something(self) -> None:
+        """Refuse structured pruning that would silently do nothing (DESIGN §3).
+
+        torch-pruning only warns ("Unwrapped parameters") on layers it can't handle, such as
+        RNNs, and then removes nothing; a probe on a copy, stepped to the final ratio, finds
+        that out before training starts.
+        """
+        probe = copy.deepcopy(self.model)
+        before = sum(p.numel() for p in probe.parameters())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pruner = self._make_tp_pruner(probe)
+            try:
+                for _ in range(len(self.plan)):
+                    pruner.step()
+            except Exception as exc:  # torch-pruning raises many types on unsupported graphs
+                raise PolicyError(
+                    f"prune.method='structured' failed on this model with torch-pruning "
+                    f"({type(exc).__name__}: {exc}).",
+                    fix="use prune.method=magnitude, or build the model from Conv/Linear layers.",
+                ) from None
+        after = sum(p.numel() for p in probe.parameters())
+        if after < before:
+            return
+        unwrapped = [
+            str(w.message).split("\n")[0].rstrip(". ")
+            for w in caught
+            if "nwrapped" in str(w.message)
+        ]
+        kinds = sorted({type(m).__name__ for m in self.model.modules()
+                        if isinstance(m, _WEIGHTED)})
+        why = unwrapped[0] if unwrapped else f"no prunable channel groups among {kinds}"
+        raise PolicyError(
+            f"prune.method='structured' removes nothing from this model (torch-pruning cannot "
+            f"prune its layers: {why}; the parameter count stayed at {before:,}).",
+            fix="use prune.method=magnitude for this model.",
+        )
+
+    def _make_tp_pruner(self, model: nn.Module) -> Any:
         import torch_pruning as tp
 
         ratios = sorted(self.plan.values())
         final = ratios[-1]
 
         def scheduler(_ratio: float, steps: int) -> list[float]:
-            # torch-pruning calls this with (pruning_ratio, steps); index k is the ratio after step k.
+            # torch-pruning calls this with (ratio, steps); index k: the ratio after step k.
             return [0.0, *ratios][: steps + 1]
 
         try:
             pruner = tp.pruner.BasePruner(
-                self.model,
+                model,
                 self.example_inputs,
                 importance=tp.importance.MagnitudeImportance(p=2),
                 pruning_ratio=final,
                 iterative_steps=len(ratios),
                 iterative_pruning_ratio_scheduler=scheduler,
-                ignored_layers=output_layers(self.model, self.example_inputs),
+                ignored_layers=output_layers(model, self.example_inputs),
             )
         except Exception as exc:  # torch-pruning raises many types on unsupported graphs
             raise PolicyError(
