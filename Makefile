@@ -11,7 +11,7 @@ setup:
 	./scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/autotune search studies/digits/model.py --name digits-demo --trials 24 --epochs 12
+	$(VENV)/bin/autotune search studies/digits/model.py --name digits-demo --trials 30
 
 test: setup
 	$(PY) -m pytest -q
