@@ -36,7 +36,10 @@ def _root() -> None:
 
 def fail(exc: AutotuneError) -> typer.Exit:
     """One paragraph on stderr, exit 2, no traceback."""
-    err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: messages quote user text and grammars with [brackets] that rich would eat as markup
+    err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
     return typer.Exit(exc.exit_code)
 
 
@@ -254,7 +257,7 @@ def ui(
     tracking_uri: Annotated[str | None, typer.Option(
         help="MLflow tracking URI (default: embedded SQLite)")] = None,
 ) -> None:
-    """Open the MLflow UI on the study records (bound to 127.0.0.1 unless --host says otherwise)."""
+    """Open the MLflow UI on the study records (on 127.0.0.1 unless --host says otherwise)."""
     import subprocess
 
     from autotune.study import studies_home
@@ -273,11 +276,28 @@ def ui(
     shown = f"[{host}]" if ":" in host else host
     console.print(f"MLflow UI: http://{shown}:{port} (Ctrl-C to stop) — store {redact_uri(uri)}",
                   highlight=False, soft_wrap=True)
+    import os
+    import signal
+
+    # Its own process group, so stopping it also stops the job workers mlflow ui starts.
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def _stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # a SIGTERM to autotune must not orphan the server
+
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        code = subprocess.call(cmd)
+        code = proc.wait()
     except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
         code = 0
-    if code not in (0, -2, 130):
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code not in (0, -2, -15, 130):
         raise typer.Exit(code)
 
 

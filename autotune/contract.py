@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from autotune.errors import ContractError
+from autotune.errors import AutotuneError, ContractError
 
 _FIX = "see the model.py contract in README.md (section 'Writing model.py')."
 Directions = ("min", "max")
@@ -79,12 +79,12 @@ class ModelFile:
             ) from None
 
     def custom_train(self, policy: Any, report: Callable[..., None]) -> Any:
-        return self.module.train(policy, report)
+        return self._call("train", policy, report)
 
     def _call(self, name: str, *args: Any) -> Any:
         try:
             return getattr(self.module, name)(*args)
-        except ContractError:
+        except AutotuneError:  # e.g. a PolicyError from policy.prune_now in a custom loop
             raise
         except Exception as exc:
             raise ContractError(

@@ -241,5 +241,5 @@ _RAY_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestam
 
 def _CURVE_KEYS(result: dict) -> set[str]:  # noqa: N802 - reads like a constant set
     """The metrics a trial itself reported (Ray adds bookkeeping fields of its own)."""
-    return {k for k, v in result.items() if k not in _RAY_KEYS and not k.startswith("autotune_")
+    return {k for k, v in result.items() if k not in _RAY_KEYS and not k.startswith(("autotune_", "config/"))
             and isinstance(v, int | float) and not isinstance(v, bool)}

@@ -135,3 +135,10 @@ def test_tiny_model_trains(tmp_path: Path) -> None:
     code, output, _ = _run(str(path), "--set", "epochs=2", "--threads", "1", "--json", str(out))
     assert code == 0, output
     assert out.is_file()
+
+
+def test_custom_loop_that_raises(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model.py", "OBJECTIVE = ('accuracy', 'max')\n\n"
+                  "def train(policy, report):\n    raise ValueError('bad shape')\n")
+    _assert_refused([str(path), "--threads", "1"], "train() raised ValueError: bad shape",
+                    "model.py:4")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ CPU = torch.device("cpu")
 
 def test_forward_flops_of_linear() -> None:
     b, n_in, n_out = 8, 32, 16
-    assert costs.forward_flops(nn.Linear(n_in, n_out), torch.randn(b, n_in)) == 2 * n_in * n_out * b
+    flops = costs.forward_flops(nn.Linear(n_in, n_out), torch.randn(b, n_in))
+    assert flops == 2 * n_in * n_out * b
 
 
 def test_train_step_flops_exact() -> None:
@@ -81,3 +83,15 @@ def test_energy_is_none_or_non_negative() -> None:
 def test_cost_names_are_unique() -> None:
     assert len(set(costs.COST_METRICS)) == len(costs.COST_METRICS)
     assert set(costs.GROWING_COSTS) <= set(costs.COST_METRICS)
+
+
+def test_peak_memory_sampler_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the kernel keeps no resettable high-water mark, a sampling thread measures it."""
+    monkeypatch.setattr(costs, "_reset_kernel_peak_rss", lambda: False)
+    with costs.PeakMemory(CPU, interval_s=0.001) as mem:
+        block = torch.ones(50 * 2**20 // 4)
+        block += 1
+        time.sleep(0.02)
+        del block
+    assert not mem._kernel
+    assert mem.peak_mb >= 30

@@ -19,7 +19,8 @@ STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 
 def _study(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_test_{name}_model", STUDIES / name / "model.py")
+    path = STUDIES / name / "model.py"
+    spec = importlib.util.spec_from_file_location(f"_test_{name}_model", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -141,7 +142,8 @@ def test_structured_refuses_a_model_it_cannot_prune() -> None:
 
 def test_policy_prune_now_helper() -> None:
     model = _mlp()
-    _policy(**{"prune.method": "magnitude", "prune.ratio": 0.3}).prune_now(model, torch.randn(2, 16))
+    policy = _policy(**{"prune.method": "magnitude", "prune.ratio": 0.3})
+    policy.prune_now(model, torch.randn(2, 16))
     w = _prunable_weights(model)
     zeros = sum(int((t == 0).sum()) for t in w)
     assert zeros / sum(t.numel() for t in w) == pytest.approx(0.3, abs=1e-3)
