@@ -49,13 +49,17 @@ class StudyRecorder:
             "sampler": config.sampler, "epochs": config.epochs, "trials": config.trials,
             "seed": config.seed, "early_stop": config.early_stop,
             "rungs": ",".join(map(str, config.rungs)) or "none", "eta": config.eta,
-            "space_file": config.space_file,
+            "space_file": config.space_file, "model_sha256": config.model_sha256,
             **{f"space.{k}": v for k, v in space.distributions_summary().items()},
         }
         tags = {"autotune.study": study.name, "autotune.model_sha256": config.model_sha256,
                 "autotune.command": shlex.join(["autotune", *sys.argv[1:]]),
+                "autotune.optuna_study": study.name, "autotune.optuna_storage": study.storage_url,
                 **{f"version.{k}": v for k, v in package_versions().items()}}
         rec.start_study(params, tags)
+        space_file = Path(config.space_file)
+        if space_file.is_file():  # the space as it was searched: the file may change later
+            rec.log_study_summary({}, {f"search_space/{space_file.name}": space_file})
         return cls(study, rec)
 
     def _record(self, v: TrialView) -> TrialRecord:
@@ -79,11 +83,14 @@ class StudyRecorder:
     def trial(self, view: TrialView, front: Front) -> None:
         self.recorder.log_trial(self._record(view))
         self._mark(view.number)
-        if view.status == "finished":
-            self.recorder.set_front(front.ranks)
+        # Every trial, not only finished ones: a stopped or failed child gets its pareto=false tag
+        # now, and the front tags stay current while the study runs.
+        self.recorder.set_front(front.ranks)
 
-    def finish(self, front: Front) -> None:
-        """Front tags, pareto.csv/html/png, hypervolume over trials and summary metrics on the parent."""
+    def finish(self, front: Front, status: str | None = None) -> None:
+        """Front tags, pareto.csv/html/png, hypervolume over trials and summary metrics on the parent;
+        with `status` (FINISHED for a complete study, KILLED for one stopped before its trials were
+        done, FAILED) the parent run is ended too. Then a bounded flush."""
         from autotune.artifacts import write_front_files
         from autotune.results import best_within
 
@@ -100,12 +107,23 @@ class StudyRecorder:
         for o in front.objectives[1:]:
             if o.direction != "min":
                 continue
+            # The cheapest eligible trial whose quality is within 0.5 pp (0.005 absolute) of the
+            # baseline's, as a fraction of the baseline's cost: 0.4 = 2.5x cheaper.
             best = best_within(front, quality, 0.005, o.metric)
             ratio = front.ratio(best, o.metric) if best else None
             if ratio is not None:
                 summary[f"best_{o.metric}_ratio_within_0.5pp"] = ratio
+                summary.setdefault("best_cost_ratio", ratio)  # the first cost objective's
+                summary.setdefault("best_cost_trial", float(best.number))
         self.recorder.log_study_summary(summary, files, step=history[-1][0] if history else None)
+        if status is not None:
+            self.recorder.end_study(status)
         self.recorder.flush(timeout_s=10)
+
+    def fail(self) -> None:
+        """The driver died of an error: the parent run says FAILED (a resume marks it RUNNING)."""
+        self.recorder.end_study("FAILED")
+        self.recorder.flush(timeout_s=5)
 
     @property
     def tracking_uri(self) -> str:

@@ -266,7 +266,7 @@ def _drive(opts: SearchOptions, console: Console, study: Study, config: StudyCon
                       f"trials done. Pass a larger --trials to continue it.")
         console.print(front_table(front, f"Pareto front of {study.name}"))
         if recorder:
-            recorder.finish(front)
+            recorder.finish(front, "FINISHED")
         return SearchOutcome(study, True, 0, 0.0, time.time() - t_start)
     if rerun:
         console.print(f"Resuming study {study.name}: {len(views)} trials done; "
@@ -275,6 +275,10 @@ def _drive(opts: SearchOptions, console: Console, study: Study, config: StudyCon
     try:
         return _tune(opts, console, study, config, mf, base, objectives, constraints, space,
                      schedule, ostudy, views, recorder, ray, t_start, Progress, front_table, compute_front)
+    except Exception:
+        if recorder:
+            recorder.fail()  # the parent run must not stay RUNNING forever
+        raise
     finally:
         ray.shutdown()
 
@@ -388,7 +392,7 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
     front = compute_front(final_views, objectives)
     complete = len(final_views) >= config.trials
     if recorder:
-        recorder.finish(front)
+        recorder.finish(front, "FINISHED" if complete else "KILLED")
     console.print(front_table(front, f"Pareto front of {study.name} ({len(final_views)} trials)"))
     _summary(console, final_views, front, objectives)
     if not complete:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from autotune import costs
 from autotune.contract import ModelFile
+from autotune.errors import ContractError
 from autotune.knobs import precision as prec
 from autotune.knobs.optim import current_lr, make_optimizer, make_scheduler, rebuild_after_surgery
 from autotune.knobs.pruning import Pruner
@@ -136,7 +137,14 @@ def _run_managed(mf: ModelFile, policy: Policy, report: Reporter | None,
     ctx = lambda: policy.autocast(dev)  # noqa: E731 - a fresh context each use
     loss_of = lambda out, y: mf.loss(out, y, ls)  # noqa: E731
     # FLOPs scale with samples, so one counted step per model shape gives the whole run's FLOPs.
-    flops_per_sample = costs.train_step_flops(model, loss_of, ex_x, ex_y) / len(ex_x)
+    try:
+        flops_per_sample = costs.train_step_flops(model, loss_of, ex_x, ex_y) / len(ex_x)
+    except Exception as exc:  # the first forward/backward is where shape mistakes surface
+        raise ContractError(
+            f"{mf.path}: the model failed on a training batch of shape {tuple(ex_x.shape)}: "
+            f"{type(exc).__name__}: {exc}.",
+            fix="check that build_model's input and output shapes match datasets() and loss_fn.",
+        ) from None
     gen = torch.Generator().manual_seed(policy.seed)
     check_every = 1 if dev.type == "cpu" else 25  # a finite-check syncs the GPU: not every step there
     history: list[dict[str, float]] = []

@@ -224,8 +224,14 @@ def machine() -> str:
         model = platform.processor() or "unknown CPU"
     import os
 
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags] or ["none"]
     return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} " \
-           f"(CPU capability {torch.backends.cpu.get_cpu_capability()})"
+           f"(CPU capability {torch.backends.cpu.get_cpu_capability()}; " \
+           f"bf16 CPU flags: {', '.join(bf16)})"
 
 
 def render(args: argparse.Namespace, overhead: dict[str, object],

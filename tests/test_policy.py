@@ -128,7 +128,7 @@ def test_load_bad_knob_names_the_file(tmp_path: Path) -> None:
 def test_derived_settings() -> None:
     p = Policy.from_flat({"epochs": 8, "batch_size": 16, "grad_accum": 4})
     assert p.effective_batch_size == 64
-    assert p.prune_epoch() == 4
+    assert p.prune_epoch() == 2  # a quarter of the epochs
     assert p.gradual_window() == (0, 6)
 
 

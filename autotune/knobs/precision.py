@@ -11,6 +11,7 @@ import torch
 from autotune.errors import PolicyError
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_QUANTISABLE = (torch.nn.Linear, torch.nn.GRU, torch.nn.LSTM)
 
 
 def device_type(device: str | torch.device) -> str:
@@ -60,13 +61,18 @@ def deploy(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """
     model = model.eval()
     if precision == "int8":
+        if not any(isinstance(m, _QUANTISABLE) for m in model.modules()):
+            raise PolicyError(
+                "precision='int8' quantises Linear/GRU/LSTM layers dynamically, and this model has none.",
+                fix="use precision=fp32 or bf16 for this model.",
+            )
         with warnings.catch_warnings():
             # torch.ao's dynamic quantisation warns about its planned removal; torchao's successor ran
             # ~5.7x slower on this CPU (ECOSYSTEM_NOTES), so the measured faster path is kept.
             warnings.simplefilter("ignore")
             return torch.ao.quantization.quantize_dynamic(
                 copy.deepcopy(model).cpu(),
-                {torch.nn.Linear, torch.nn.GRU, torch.nn.LSTM},
+                set(_QUANTISABLE),
                 dtype=torch.qint8,
             )
     if precision in _AUTOCAST:

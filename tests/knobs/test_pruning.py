@@ -76,9 +76,9 @@ def test_magnitude_refuses_a_model_without_weights() -> None:
 
 def test_oneshot_plan() -> None:
     assert prune_plan(_policy(**{"epochs": 10, "prune.method": "magnitude",
-                                 "prune.ratio": 0.5})) == {5: 0.5}
+                                 "prune.ratio": 0.5})) == {2: 0.5}  # default: after a quarter
     assert prune_plan(_policy(**{"epochs": 10, "prune.method": "magnitude", "prune.ratio": 0.5,
-                                 "prune.at_epoch": 2})) == {2: 0.5}
+                                 "prune.at_epoch": 6})) == {6: 0.5}
     assert prune_plan(Policy()) == {}
 
 
