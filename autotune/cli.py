@@ -119,6 +119,8 @@ def search(
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial")] = 1.0,
     gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial (fractions pack trials)")] = 0.0,
     address: Annotated[str | None, typer.Option(help="join a Ray cluster: auto or HOST:PORT")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Ray's experiment storage: a shared path or URI (s3://, gs://, file://)")] = None,
     time_budget: Annotated[str | None, typer.Option(help="stop after this long: 90s, 30m, 2h")] = None,
     seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
     early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help="multi-objective early stopping")] = True,
@@ -139,10 +141,15 @@ def search(
             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, address=address,
             time_budget_s=parse_duration(time_budget), seed=seed, early_stop=early_stop,
             rungs=rungs, verbose=verbose, tracking_uri=tracking_uri, tracking=not no_tracking,
-            max_failures=max_failures, trial_timeout_s=parse_duration(trial_timeout))
+            max_failures=max_failures, trial_timeout_s=parse_duration(trial_timeout),
+            storage=storage)
         outcome = run_search(opts, console)
     except AutotuneError as exc:
         raise fail(exc) from None
+    except KeyboardInterrupt:  # before trials ran (loading, Ray starting): nothing to lose
+        err_console.print("interrupted; run the same command again to start or resume the study.",
+                          highlight=False)
+        raise typer.Exit(130) from None
     if not outcome.complete:
         raise typer.Exit(130)
 

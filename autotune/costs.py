@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import io
+import os
 import statistics
 import threading
 import time
@@ -168,6 +169,21 @@ class PeakMemory:
         self.peak_mb = max(0.0, (peak - self._base) / 2**20)
 
 
+def _nvml_handle(pynvml: Any, index: int) -> Any:
+    """NVML's handle of torch's CUDA device `index`. NVML numbers every GPU of the machine and
+    ignores CUDA_VISIBLE_DEVICES, which Ray sets per trial (trial on GPU 3: torch sees cuda:0),
+    so the visible list is mapped back: an index or a GPU UUID (MIG devices: left unsupported)."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if index < len(visible):
+        entry = visible[index]
+        if entry.isdigit():
+            return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+        if entry.startswith("GPU-"):
+            return pynvml.nvmlDeviceGetHandleByUUID(entry)
+        raise ValueError(f"CUDA_VISIBLE_DEVICES entry {entry!r} is not a GPU index or UUID")
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
 class EnergyMeter:
     """Energy from NVML (GPU) or RAPL (CPU package) counters; `joules` is None where neither is readable."""
 
@@ -184,7 +200,7 @@ class EnergyMeter:
 
             pynvml.nvmlInit()
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            handle = _nvml_handle(pynvml, index)
             pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # raises where unsupported
         except Exception:
             return None

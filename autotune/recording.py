@@ -12,7 +12,7 @@ from typing import Any
 
 from autotune.results import Front
 from autotune.study import Study, StudyConfig, TrialView
-from autotune.tracking import Recorder, TrialRecord, resolve_tracking_uri
+from autotune.tracking import Recorder, TrialRecord, redact_uri, resolve_tracking_uri
 
 _PACKAGES = ("autotune", "torch", "optuna", "ray", "mlflow", "torch-pruning", "numpy")
 
@@ -53,7 +53,7 @@ class StudyRecorder:
             **{f"space.{k}": v for k, v in space.distributions_summary().items()},
         }
         tags = {"autotune.study": study.name, "autotune.model_sha256": config.model_sha256,
-                "autotune.command": shlex.join(["autotune", *sys.argv[1:]]),
+                "autotune.command": redact_uri(shlex.join(["autotune", *sys.argv[1:]])),
                 "autotune.optuna_study": study.name, "autotune.optuna_storage": study.storage_url,
                 **{f"version.{k}": v for k, v in package_versions().items()}}
         rec.start_study(params, tags)
@@ -65,7 +65,8 @@ class StudyRecorder:
     def _record(self, v: TrialView) -> TrialRecord:
         return TrialRecord(trial_number=v.number, status=v.status, params=v.policy, metrics=v.metrics,
                            curves=v.curves, stopped_at_epoch=v.stopped_at_epoch, error=v.error,
-                           ray_trial_id=v.ray_trial_id, started_at=v.started, ended_at=v.ended)
+                           ray_trial_id=v.ray_trial_id, started_at=v.started, ended_at=v.ended,
+                           node=v.node, host=v.host)
 
     def _mark(self, number: int) -> None:
         self.logged.add(number)
@@ -87,18 +88,23 @@ class StudyRecorder:
         # now, and the front tags stay current while the study runs.
         self.recorder.set_front(front.ranks)
 
-    def finish(self, front: Front, status: str | None = None) -> None:
+    def finish(self, front: Front, status: str | None = None) -> int:
         """Front tags, pareto.csv/html/png, hypervolume over trials and summary metrics on the parent;
         with `status` (FINISHED for a complete study, KILLED for one stopped before its trials were
-        done, FAILED) the parent run is ended too. Then a bounded flush."""
+        done, FAILED) the parent run is ended too. Then a bounded flush: returns how many records
+        still wait for the tracking server (0 when everything was sent)."""
         from autotune.artifacts import write_front_files
         from autotune.results import best_within
 
         self.recorder.set_front(front.ranks)
         files = write_front_files(front, self.study.dir / "pareto", f"Pareto front of {self.study.name}")
         history = front.hypervolume_history()
-        for step, hv in history[:-1]:
-            self.recorder.log_study_summary({"hypervolume": hv}, {}, step=step)
+        # Each point is stamped with the end time of the trial that completed it (the order
+        # hypervolume_history uses), so finishing the same study again adds no duplicate point.
+        ended = [int((t.ended or 0) * 1000) or None for t in
+                 sorted(front.eligible, key=lambda t: (t.ended or 0, t.number))]
+        for (step, hv), ts in zip(history[:-1], ended, strict=False):
+            self.recorder.log_study_summary({"hypervolume": hv}, {}, step=step, timestamp_ms=ts)
         summary: dict[str, float] = {"front_size": float(len(front.members)),
                                      "trials_eligible": float(len(front.eligible))}
         if history:
@@ -115,10 +121,28 @@ class StudyRecorder:
                 summary[f"best_{o.metric}_ratio_within_0.5pp"] = ratio
                 summary.setdefault("best_cost_ratio", ratio)  # the first cost objective's
                 summary.setdefault("best_cost_trial", float(best.number))
-        self.recorder.log_study_summary(summary, files, step=history[-1][0] if history else None)
+        self.recorder.log_study_summary(summary, files, step=history[-1][0] if history else None,
+                                        timestamp_ms=ended[-1] if ended else None)
         if status is not None:
             self.recorder.end_study(status)
-        self.recorder.flush(timeout_s=10)
+        # Patient while the server takes records (a backlog after an outage can take longer than
+        # one window on a busy server); gives up after a window without progress.
+        left = self.recorder.pending()
+        while not self.recorder.flush(timeout_s=10):
+            now = self.recorder.pending()
+            if now >= left:
+                return now
+            left = now
+        return 0
+
+    def unsent_message(self, left: int) -> str:
+        """What to tell the user when the study ends while MLflow is unreachable."""
+        from autotune.tracking import redact_uri
+
+        return (f"[yellow]MLflow at {redact_uri(self.recorder.uri)} is unreachable: {left} "
+                f"record(s) are kept in {self.recorder.spool_dir} and nothing is lost. They are "
+                "sent when this study is next run (the same `autotune search` command sends them "
+                "and exits).[/]")
 
     def fail(self) -> None:
         """The driver died of an error: the parent run says FAILED (a resume marks it RUNNING)."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
 import re
+import shlex
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,9 +25,11 @@ from autotune.objectives import (MEASURED, Constraint, Objective, check_measured
                                  parse_objective)
 from autotune.policy import Policy
 from autotune.study import Study, StudyConfig
+from autotune.tracking import redact_uri
 
 _RAY_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0", "RAY_DEDUP_LOGS": "0",
-                  "RAY_TRAIN_V2_ENABLED": "0", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+                  "RAY_TRAIN_V2_ENABLED": "0", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+                  "TUNE_DISABLE_SIGINT_HANDLER": "1"}
 
 
 @dataclass
@@ -50,6 +55,7 @@ class SearchOptions:
     tracking: bool = True
     max_failures: int = 1
     trial_timeout_s: float | None = None
+    storage: str | None = None  # Ray's experiment storage: a path or a pyarrow URI (s3://, gs://, file://)
 
 
 @dataclass
@@ -78,6 +84,28 @@ def _model(path: str, sha: str) -> ModelFile:
     return load_model_file(path)
 
 
+def _model_path(config: dict[str, Any]) -> str:
+    """Where this worker finds model.py: in the folder Ray shipped (runtime_env working_dir, on a
+    cluster), else at the driver's own path (a local Ray, or a shared mount)."""
+    rel = config.get("model_relpath")
+    if rel:
+        # Tune moves a trial into its own folder; TUNE_ORIG_WORKING_DIR is the shipped folder.
+        for base in (os.environ.get("TUNE_ORIG_WORKING_DIR"), os.getcwd()):
+            if base and (Path(base) / rel).is_file():
+                return str(Path(base) / rel)
+    return config["model_file"]
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        # get_runtime_context() outside Ray would start a local Ray instance: never for a label
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - only a label for the record
+        return None
+
+
 def trainable(config: dict[str, Any]) -> None:
     """One trial: train the policy and report every epoch; failures become reported statuses."""
     from ray import tune
@@ -85,9 +113,13 @@ def trainable(config: dict[str, Any]) -> None:
     from autotune.trainer import train
 
     epoch = 0
+    node = _node_id()
+    ended = threading.Event()  # set once the trial's final status is reported: nothing after it
 
     def report(row: dict[str, Any]) -> None:
         nonlocal epoch
+        if ended.is_set():
+            return
         epoch = int(row.get("epoch", epoch + 1))
         out = {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         if row.get("diverged"):
@@ -97,20 +129,102 @@ def trainable(config: dict[str, Any]) -> None:
             out["autotune_status"] = "finished"
         else:
             out["autotune_status"] = "running"
+        if node:
+            out["autotune_node"] = node
         tune.report(out)
 
+    def fail(reason: str) -> None:
+        if not ended.is_set():
+            ended.set()
+            tune.report({"epoch": epoch + 1, "autotune_status": "failed",
+                         "autotune_error": reason, **({"autotune_node": node} if node else {})})
+
+    watchdog = None
+    if config.get("trial_timeout_s"):
+        watchdog = _Watchdog(float(config["trial_timeout_s"]), threading.current_thread(), fail)
+        watchdog.start()
     try:
-        mf = _model(config["model_file"], config["model_sha256"])
+        mf = _model(_model_path(config), config["model_sha256"])
+        if mf.sha256 != config["model_sha256"]:
+            raise StudyError(
+                f"The model file this worker loaded ({mf.path}) differs from the driver's "
+                f"{config['model_file']} (sha256 {mf.sha256[:12]} vs {config['model_sha256'][:12]}).",
+                fix="ship the model's folder with the study (autotune does with --address) or keep "
+                "identical copies on every node.")
         policy = Policy.from_flat(config["policy"], source="trial config")
         train(mf, policy, report=report, threads=config["threads"],
               epoch_costs=config["epoch_costs"], device=config.get("device"))
+    except _TrialTimeout:
+        return  # the watchdog has reported the failure
     except AutotuneError as exc:
-        tune.report({"epoch": epoch + 1, "autotune_status": "failed", "autotune_error": exc.render()})
+        fail(_oom_prefix(exc) + exc.render())
     except Exception as exc:  # the study goes on; the reason is recorded with the trial
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{Path(frame.filename).name}:{frame.lineno}"
-        tune.report({"epoch": epoch + 1, "autotune_status": "failed",
-                     "autotune_error": f"{type(exc).__name__}: {exc} (at {where})"})
+        fail(f"{_oom_prefix(exc)}{type(exc).__name__}: {exc} (at {where})")
+    finally:
+        ended.set()
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory",
+             "failed to allocate", "std::bad_alloc")
+
+
+def _oom_prefix(exc: BaseException) -> str:
+    """'out of memory: ' when the exception (or what it wraps) is an allocation failure."""
+    import torch
+
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        oom_types = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
+        if isinstance(seen, oom_types) or any(t in str(seen).lower() for t in _OOM_TEXT):
+            return "out of memory: "
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
+class _TrialTimeout(BaseException):
+    """Raised in a trial's thread by the watchdog; not an Exception: user code can't eat it."""
+
+
+class _Watchdog(threading.Thread):
+    """Enforces --trial-timeout even when a trial hangs without reporting.
+
+    At the deadline it reports the trial failed ("timed out after Ns"; the driver then stops
+    it), raises _TrialTimeout in the training thread (ends Python-level hangs) and, if that
+    thread is still alive after a grace period (a hang inside C code), ends the worker
+    process. Actors are not reused when a timeout is set, so no later trial inherits it.
+    """
+
+    def __init__(self, timeout_s: float, target: threading.Thread, fail: Any,
+                 grace_s: float = 5.0) -> None:
+        super().__init__(name="autotune-trial-watchdog", daemon=True)
+        self.timeout_s, self.target, self.fail, self.grace_s = timeout_s, target, fail, grace_s
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def run(self) -> None:
+        import ctypes
+
+        if self._cancelled.wait(self.timeout_s):
+            return
+        try:
+            self.fail(f"timed out after {self.timeout_s:g}s (--trial-timeout)")
+        except BaseException:  # noqa: BLE001 - Ray ends a stopped reporter with SystemExit
+            pass
+        if self._cancelled.is_set() or not self.target.is_alive():
+            return
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.target.ident),
+                                                   ctypes.py_object(_TrialTimeout))
+        self.target.join(self.grace_s)
+        if self.target.is_alive() and not self._cancelled.is_set():
+            os._exit(1)  # hung in C code: only ending the worker frees its resources
 
 
 # ---- the driver ---------------------------------------------------------------------------------
@@ -127,6 +241,18 @@ def prepare(opts: SearchOptions) -> tuple[ModelFile, Policy, list[Objective], li
     if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
         raise StudyError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0.",
                          fix="e.g. --cpus-per-trial 1 --gpus-per-trial 0.25")
+    if opts.storage:
+        opts.storage = check_storage(opts.storage)
+    from autotune.sampler import make_sampler
+
+    make_sampler(opts.sampler, n_trials=opts.trials, seed=opts.seed)  # an unknown name is refused
+    if opts.address:
+        _check_reachable(opts.address)
+    elif opts.gpus_per_trial > 0 and _local_gpus() < opts.gpus_per_trial:
+        raise StudyError(  # refused before the study is touched (the cluster check comes later)
+            f"--gpus-per-trial {opts.gpus_per_trial:g} asks for GPUs, but this machine has "
+            f"{_local_gpus()} CUDA GPU(s).",
+            fix="drop --gpus-per-trial (trials run on CPU), or join a cluster with GPUs (--address).")
     mf = load_model_file(opts.model_file)
     base = default_policy(mf)
     if opts.epochs is not None:
@@ -152,6 +278,30 @@ def prepare(opts: SearchOptions) -> tuple[ModelFile, Policy, list[Objective], li
             "but trials run without one (--gpus-per-trial 0).",
             fix="remove fp16 from `precision` in the space, or pass --gpus-per-trial.")
     return mf, base, objectives, constraints, space
+
+
+def check_storage(uri: str) -> str:
+    """--storage: a path (made absolute) or a URI that pyarrow opens (s3://, gs://, abfs://, file://)."""
+    if "://" not in uri:
+        return str(Path(uri).expanduser().resolve())
+    try:
+        import pyarrow.fs
+
+        pyarrow.fs.FileSystem.from_uri(uri)
+    except Exception as exc:  # noqa: BLE001 - unknown scheme, missing credentials, bad bucket
+        raise StudyError(
+            f"--storage {uri}: pyarrow cannot open it ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}).",
+            fix="pass a shared path (/mnt/shared/ray) or a URI pyarrow supports (s3://bucket/path, "
+            "gs://bucket/path, file:///mnt/shared/ray) with its credentials in the environment.",
+        ) from None
+    return uri
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _torch_device(name: str) -> Any:
@@ -204,9 +354,11 @@ def _jsonable(value: Any) -> Any:
 def _check_same(study: Study, config: StudyConfig) -> StudyConfig:
     """A resumed study must be asked for with the settings it was created with (trials may grow)."""
     old = study.load_config()
-    diffs = [k for k in ("objectives", "constraints", "space_file", "sampler", "epochs",
-                         "early_stop", "rungs", "eta")
-             if _jsonable(getattr(old, k)) != _jsonable(getattr(config, k))]
+    keys = ["objectives", "constraints", "sampler", "epochs", "early_stop", "rungs", "eta"]
+    # The space by content where both know it: the same study resumed from another machine or
+    # checkout (a shared AUTOTUNE_HOME) has other absolute paths but the same files.
+    keys.append("space_sha256" if old.space_sha256 and config.space_sha256 else "space_file")
+    diffs = [k for k in keys if _jsonable(getattr(old, k)) != _jsonable(getattr(config, k))]
     if old.model_sha256 != config.model_sha256:
         diffs.append("model file contents")
     if diffs:
@@ -215,8 +367,10 @@ def _check_same(study: Study, config: StudyConfig) -> StudyConfig:
             f"resuming it with these would mix incomparable trials.",
             fix=f"rerun with the original settings to resume, or pick a new --name "
             f"(or delete {study.dir}).")
-    old.trials = config.trials
-    old.seed = old.seed
+    old.trials = config.trials  # the one setting a resumed study may change: it can grow
+    # Same contents (checked above), maybe another path: record where the files are now.
+    old.model_file, old.space_file = config.model_file, config.space_file
+    old.space_sha256 = config.space_sha256
     return old
 
 
@@ -236,7 +390,8 @@ def run_search(opts: SearchOptions, console: Console | None = None) -> SearchOut
         constraints=[(c.metric, c.op, c.bound) for c in constraints],
         space_file=str(Path(space.source).resolve()), sampler=opts.sampler, epochs=base.epochs,
         trials=opts.trials, seed=opts.seed, early_stop=opts.early_stop,
-        rungs=list(schedule.rungs), eta=schedule.eta)
+        rungs=list(schedule.rungs), eta=schedule.eta,
+        space_sha256=hashlib.sha256(Path(space.source).read_bytes()).hexdigest())
     with study.locked():
         if study.exists:
             config = _check_same(study, config)
@@ -248,7 +403,7 @@ def run_search(opts: SearchOptions, console: Console | None = None) -> SearchOut
 def _drive(opts: SearchOptions, console: Console, study: Study, config: StudyConfig, mf: ModelFile,
            base: Policy, objectives: list[Objective], constraints: list[Constraint], space: Any,
            schedule: Any, t_start: float) -> SearchOutcome:
-    from autotune.progress import Progress, front_table
+    from autotune.progress import front_table
     from autotune.recording import StudyRecorder
     from autotune.results import compute_front
     from autotune.sampler import make_sampler
@@ -265,16 +420,16 @@ def _drive(opts: SearchOptions, console: Console, study: Study, config: StudyCon
         console.print(f"Study [bold]{study.name}[/] is complete: {len(views)} of {config.trials} "
                       f"trials done. Pass a larger --trials to continue it.")
         console.print(front_table(front, f"Pareto front of {study.name}"))
-        if recorder:
-            recorder.finish(front, "FINISHED")
+        if recorder and (left := recorder.finish(front, "FINISHED")):
+            console.print(recorder.unsent_message(left), highlight=False, soft_wrap=True)
         return SearchOutcome(study, True, 0, 0.0, time.time() - t_start)
     if rerun:
         console.print(f"Resuming study {study.name}: {len(views)} trials done; "
                       f"{len(rerun)} interrupted trial(s) will run again ({rerun}).")
-    ray = _init_ray(opts)
+    ray = _init_ray(opts, _runtime_env(opts, mf, study))
     try:
         return _tune(opts, console, study, config, mf, base, objectives, constraints, space,
-                     schedule, ostudy, views, recorder, ray, t_start, Progress, front_table, compute_front)
+                     schedule, ostudy, views, recorder, ray, t_start)
     except Exception:
         if recorder:
             recorder.fail()  # the parent run must not stay RUNNING forever
@@ -283,7 +438,28 @@ def _drive(opts: SearchOptions, console: Console, study: Study, config: StudyCon
         ray.shutdown()
 
 
-def _init_ray(opts: SearchOptions) -> Any:
+_SHIP_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", "autotune_studies", "mlruns",
+                  "mlflow.db", "*.ckpt", ".ipynb_checkpoints"]
+
+
+def _runtime_env(opts: SearchOptions, mf: ModelFile, study: Study) -> dict[str, Any] | None:
+    """On a cluster (--address), ship the model's folder (model.py, its sibling modules and data
+    files) as Ray's working_dir, and autotune itself as a py_module so workers run the driver's
+    version. A local Ray needs neither: its workers see the driver's files."""
+    if not opts.address:
+        return None
+    import autotune
+
+    excludes = list(_SHIP_EXCLUDES)
+    try:  # a studies home inside the model's folder is never shipped
+        excludes.append("/" + study.home.relative_to(mf.path.parent).as_posix())
+    except ValueError:
+        pass
+    return {"working_dir": str(mf.path.parent), "excludes": excludes,
+            "py_modules": [str(Path(autotune.__file__).parent)]}
+
+
+def _init_ray(opts: SearchOptions, runtime_env: dict[str, Any] | None = None) -> Any:
     for k, v in _RAY_QUIET_ENV.items():
         os.environ.setdefault(k, v)
     import ray
@@ -295,15 +471,16 @@ def _init_ray(opts: SearchOptions) -> Any:
                                   configure_logging=True, ignore_reinit_error=True)
     try:
         if opts.address:
-            ray.init(address=opts.address, **kwargs)
+            ray.init(address=opts.address, runtime_env=runtime_env, **kwargs)
         else:
             ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise StudyError(
             f"Could not start or join Ray{f' at {opts.address}' if opts.address else ''}: "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}.",
-            fix="check that `ray start --head` runs there and the address/port is right, "
-            "or drop --address to use a local Ray.") from None
+            fix="check that `ray start --head` runs there and the address/port is right, and that "
+            "this shell has the cluster's auth token (RAY_AUTH_TOKEN or ~/.ray/auth_token, from "
+            "`ray get-auth-token` on the head), or drop --address to use a local Ray.") from None
     resources = ray.cluster_resources()
     if opts.gpus_per_trial > 0 and resources.get("GPU", 0) < opts.gpus_per_trial:
         ray.shutdown()
@@ -319,20 +496,44 @@ def _init_ray(opts: SearchOptions) -> Any:
     return ray
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray retries an unreachable GCS for minutes; a HOST:PORT that refuses TCP is refused now."""
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\[\]]+?)\]?:(\d+)", address.strip())
+    if m is None:
+        return  # "auto", "local": Ray answers those quickly itself
+    host, port = m.group(1), int(m.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        raise StudyError(
+            f"--address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}).",
+            fix="start the cluster there (`ray start --head --port PORT`) and check the host, port "
+            "and firewall, or drop --address to use a local Ray.") from None
+
+
 def _slots(ray: Any, opts: SearchOptions) -> int:
     res = ray.cluster_resources()
-    slots = int(res.get("CPU", 1) // opts.cpus_per_trial)
+
+    def fit(total: float, per: float) -> int:  # 1 // 0.1 is 9.0 in floats; Ray counts in 1e-4
+        return int(math.floor(total / per + 1e-6))
+
+    slots = fit(res.get("CPU", 1), opts.cpus_per_trial)
     if opts.gpus_per_trial > 0:
-        slots = min(slots, int(res.get("GPU", 0) // opts.gpus_per_trial))
+        slots = min(slots, fit(res.get("GPU", 0), opts.gpus_per_trial))
     return max(1, slots)
 
 
 def _tune(opts, console, study, config, mf, base, objectives, constraints, space, schedule,
-          ostudy, views, recorder, ray, t_start, Progress, front_table, compute_front) -> SearchOutcome:  # noqa: ANN001, N803
+          ostudy, views, recorder, ray, t_start) -> SearchOutcome:  # noqa: ANN001
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
     from autotune.costs import COST_METRICS
+    from autotune.progress import Progress, front_table
+    from autotune.results import compute_front
     from autotune.scheduler import MultiObjectiveASHA
     from autotune.searcher import PolicySearcher
 
@@ -350,6 +551,8 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
 
     def on_finish(view: Any) -> None:
         all_views.append(view)
+        if _all_failed(all_views):
+            searcher.finished = True  # no new trials: the study is not going to work as it is
         front = compute_front(all_views, objectives)
         if recorder:
             recorder.trial(view, front)
@@ -363,8 +566,10 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
         baseline_needed=not any(v.baseline for v in views), on_finish=on_finish,
         stopped_by_scheduler=stopped,
         trial_config={"model_file": str(mf.path), "model_sha256": mf.sha256, "epochs": base.epochs,
+                      "model_relpath": mf.path.name if opts.address else None,
                       "threads": max(1, int(opts.cpus_per_trial)), "epoch_costs": epoch_costs,
-                      "device": "cuda" if opts.gpus_per_trial > 0 else "cpu"})
+                      "device": "cuda" if opts.gpus_per_trial > 0 else "cpu",
+                      "trial_timeout_s": opts.trial_timeout_s})
 
     refresh = _refresh_callback(lambda: progress.refresh(running=len(searcher.live)))
 
@@ -373,16 +578,22 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
                                     max_concurrent_trials=min(slots, remaining),
-                                    time_budget_s=opts.time_budget_s, reuse_actors=True),
+                                    time_budget_s=opts.time_budget_s,
+                                    # a timed-out trial's worker may be ended: never reuse it
+                                    reuse_actors=not opts.trial_timeout_s),
         run_config=tune.RunConfig(
-            name=f"run-{int(time.time())}", storage_path=str(study.ray_dir), verbose=1 if opts.verbose else 0,
+            name=f"run-{int(time.time())}", verbose=1 if opts.verbose else 0,
+            storage_path=_ray_storage(opts, study),
             callbacks=[refresh], log_to_file=True,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            stop=({"time_total_s": opts.trial_timeout_s} if opts.trial_timeout_s else None)),
+            stop=_stop_ended_trial),
     )
     interrupted = False
     with progress:
         try:
+            # Tune's own SIGINT handler (TUNE_DISABLE_SIGINT_HANDLER=0) would stop trials one by
+            # one and save Ray's experiment state, which autotune does not use: Ctrl-C raises
+            # here instead, live trials are marked interrupted and ray.shutdown() ends them.
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
@@ -391,17 +602,57 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
     final_views = study.trial_views(ostudy)
     front = compute_front(final_views, objectives)
     complete = len(final_views) >= config.trials
-    if recorder:
-        recorder.finish(front, "FINISHED" if complete else "KILLED")
+    if recorder and (left := recorder.finish(front, "FINISHED" if complete else "KILLED")):
+        console.print(recorder.unsent_message(left), highlight=False, soft_wrap=True)
     console.print(front_table(front, f"Pareto front of {study.name} ({len(final_views)} trials)"))
     _summary(console, final_views, front, objectives)
+    if not interrupted and not complete and _all_failed(final_views):
+        raise _all_failed_error(study, config, final_views)
     if not complete:
-        cmd = " ".join(["autotune", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("autotune") else "the same command"
+        cmd = (redact_uri(shlex.join(["autotune", *sys.argv[1:]]))
+               if sys.argv and sys.argv[0].endswith(("autotune", "__main__.py")) else "the same command")
         reason = "interrupted" if interrupted else "stopped before its trials were done (time budget?)"
         console.print(f"[yellow]Study {study.name} {reason}: {len(final_views)}/{config.trials} trials "
                       f"done. Resume with: {cmd}[/]")
     return SearchOutcome(study, complete, len(final_views) - len(views), searcher.sampler_seconds,
                          time.time() - t_start)
+
+
+def _ray_storage(opts: SearchOptions, study: Study) -> str:
+    """Ray's experiment folders (logs, results; autotune keeps no checkpoints): the study's ray/
+    folder, or --storage (a shared path or object-store URI) under the study's name."""
+    if not opts.storage:
+        return str(study.ray_dir)
+    return opts.storage.rstrip("/") + "/" + study.name
+
+
+ALL_FAILED_AFTER = 5  # a study whose first trials all fail stops instead of burning its budget
+
+
+def _all_failed(views: list[Any]) -> bool:
+    return (len(views) >= ALL_FAILED_AFTER
+            and all(v.status in ("failed", "diverged") for v in views))
+
+
+def _all_failed_error(study: Study, config: StudyConfig, views: list[Any]) -> StudyError:
+    from collections import Counter
+
+    def gist(error: str | None) -> str:
+        return re.sub(r"\s+", " ", (error or "no reason recorded")).strip()[:300]
+
+    common, times = Counter(gist(v.error) for v in views).most_common(1)[0]
+    return StudyError(
+        f"Study {study.name!r} stopped early: all {len(views)} trials so far failed or diverged "
+        f"(the most common reason, {times} of {len(views)}: {common}), so its remaining "
+        f"{config.trials - len(views)} trials were not run.",
+        fix=f"fix the cause in {config.model_file} or the search space, then start a new study "
+        f"(--name, or delete {study.dir}); every trial's error is in MLflow and in Optuna.")
+
+
+def _stop_ended_trial(trial_id: str, result: dict[str, Any]) -> bool:
+    """Tune stop criterion: a trial that reported its end (failed, timed out, diverged) stops now,
+    even if its thread is still running (a hang the watchdog caught)."""
+    return result.get("autotune_status") in ("failed", "diverged")
 
 
 def _refresh_callback(fn: Any) -> Any:

@@ -64,6 +64,7 @@ class PolicySearcher(Searcher):
         self.stopped_by_scheduler = stopped_by_scheduler
         self.live: dict[str, _Live] = {}
         self.sampler_seconds = 0.0  # time spent in ask + sampling, for the overhead benchmark
+        self.finished = False  # set by the driver: suggest no more trials
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray pickles the searcher into its experiment folder; the study's truth is Optuna's storage,
@@ -84,7 +85,9 @@ class PolicySearcher(Searcher):
         return True  # objectives are ours; a TuneConfig metric would make the study single-objective
 
     # ---- asking ------------------------------------------------------------------------------
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if getattr(self, "finished", False):
+            return Searcher.FINISHED  # the driver gave up on the study (every trial failed)
         if self.baseline_needed:
             self.baseline_needed = False
             live = _Live(None, self.base, True, None)
@@ -108,7 +111,8 @@ class PolicySearcher(Searcher):
                     ot.set_user_attr(st.ERROR, exc.message[:500])
                     self.study.tell(ot, state=TrialState.FAIL)
                     continue
-                ot.set_user_attr(st.POLICY, policy.flat())
+                # The policy is recorded with the trial's other attributes at tell time, in one
+                # storage transaction (a SQLite commit costs ~6 ms here: docs/BENCHMARKS.md).
                 return _Live(ot.number, policy, False, ot)
         finally:
             self.sampler_seconds += time.perf_counter() - t0
@@ -126,6 +130,9 @@ class PolicySearcher(Searcher):
         row = {k: float(v) for k, v in result.items()
                if isinstance(v, int | float) and not isinstance(v, bool) and k in _CURVE_KEYS(result)}
         if row and "epoch" in row:
+            # A trial Ray runs again (its node died: FailureConfig retries) restarts at epoch 1:
+            # the curve keeps the attempt that counts, not both.
+            live.curves = [c for c in live.curves if c.get("epoch", 0) < row["epoch"]]
             live.curves.append(row)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -133,6 +140,12 @@ class PolicySearcher(Searcher):
         if live is None:
             return
         last = dict(result or live.last or {})
+        # The result that made the scheduler stop a trial reaches on_trial_complete only, never
+        # on_trial_result: without this the curve of every stopped trial lacks its last epoch.
+        row = {k: float(v) for k, v in last.items() if k in _CURVE_KEYS(last)}
+        if "epoch" in row and len(row) > 1 and (
+                not live.curves or live.curves[-1].get("epoch", 0) < row["epoch"]):
+            live.curves.append(row)
         status, err = self._status(trial_id, live, last, error)
         metrics = {k: float(v) for k, v in last.items() if k in _CURVE_KEYS(last)}
         metrics.pop("epoch", None)
@@ -143,6 +156,9 @@ class PolicySearcher(Searcher):
             return
         attrs = {st.STATUS: status, st.POLICY: live.policy.flat(), st.METRICS: _finite(metrics),
                  st.CURVES: live.curves, st.RAY_ID: trial_id, st.BASELINE: live.baseline}
+        for key, field_ in ((st.NODE, "autotune_node"), (st.HOST, "hostname")):
+            if isinstance(last.get(field_), str):  # where it ran (multi-node clusters)
+                attrs[key] = last[field_]
         if status == "stopped":
             attrs[st.STOPPED_AT] = epoch
         if err:
@@ -179,10 +195,10 @@ class PolicySearcher(Searcher):
             return self._add_baseline(attrs, values, constraints)
         ot = live.ot
         assert ot is not None
-        for key, value in attrs.items():
-            ot.set_user_attr(key, value)
-        for key, value in constraints.items():
-            ot.set_constraint(key, value)
+        _set_attrs(self.study, ot._trial_id, attrs, constraints)
+        ot._cached_frozen_trial.user_attrs.update(attrs)  # what set_user_attr would have cached
+        ot._cached_frozen_trial.system_attrs.update(
+            {f"constraints:{k}": float(v) for k, v in constraints.items()})
         if values is None:
             self.study.tell(ot, state=TrialState.FAIL)
         else:
@@ -227,6 +243,37 @@ class PolicySearcher(Searcher):
         """At the end of a run (budget spent, Ctrl-C): trials still live will run again next time."""
         for trial_id in list(self.live):
             self._interrupted(self.live.pop(trial_id))
+
+
+def _set_attrs(study: optuna.Study, trial_id: int, user: dict[str, Any],
+               constraints: dict[str, float]) -> None:
+    """A trial's user attributes and constraint values in one storage transaction.
+
+    Optuna commits every `set_user_attr` / `set_constraint` on its own; on SQLite each commit is
+    an fsync, which made the tell of a trial cost ~2x the sampler's own ask/tell
+    (scripts/bench_overhead.py). Other storages take the one-call-per-key path.
+    """
+    from optuna.storages import RDBStorage
+
+    system = {f"constraints:{k}": float(v) for k, v in constraints.items()}
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, RDBStorage):
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            for key, value in user.items():
+                backend._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial_id, key, value)
+            for key, value in system.items():
+                backend._set_trial_attr_without_commit(
+                    session, models.TrialSystemAttributeModel, trial_id, key, value)
+        return
+    for key, value in user.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    for key, value in system.items():
+        storage.set_trial_system_attr(trial_id, key, value)
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:

@@ -28,6 +28,8 @@ STOPPED_AT = "autotune.stopped_at_epoch"
 ERROR = "autotune.error"
 RAY_ID = "autotune.ray_trial_id"
 BASELINE = "autotune.baseline"
+NODE = "autotune.node"  # the Ray node id the trial ran on (its last attempt)
+HOST = "autotune.host"  # hostname of that node
 INTERRUPTED = "interrupted"
 FINAL_STATUSES = ("finished", "stopped", "failed", "diverged")
 
@@ -56,6 +58,7 @@ class StudyConfig:
     rungs: list[int]
     eta: int
     created: float = field(default_factory=time.time)
+    space_sha256: str = ""  # the space by content: a study moved to another checkout still matches
 
     def objective_list(self) -> list[Objective]:
         return [Objective(m, d) for m, d in self.objectives]  # type: ignore[arg-type]
@@ -80,6 +83,8 @@ class TrialView:
     feasible: bool
     started: float | None
     ended: float | None
+    node: str | None = None
+    host: str | None = None
 
 
 class Study:
@@ -148,12 +153,12 @@ class Study:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if directions is not None:
             self._optuna = optuna.create_study(
-                study_name=self.name, storage=self.storage_url, sampler=sampler,
+                study_name=self.name, storage=sqlite_storage(self.storage_url), sampler=sampler,
                 directions=["maximize" if d == "max" else "minimize" for d in directions],
                 load_if_exists=True)
         else:
-            self._optuna = optuna.load_study(study_name=self.name, storage=self.storage_url,
-                                             sampler=sampler)
+            self._optuna = optuna.load_study(study_name=self.name,
+                                             storage=sqlite_storage(self.storage_url), sampler=sampler)
         return self._optuna
 
     def recover_interrupted(self, study: optuna.Study) -> list[int]:
@@ -164,8 +169,6 @@ class Study:
                 continue  # already enqueued for a rerun by an earlier recovery
             study._storage.set_trial_user_attr(t._trial_id, STATUS, INTERRUPTED)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            if t.user_attrs.get(BASELINE):
-                continue  # the baseline is re-issued from the default policy, not from Optuna
             if t.params:
                 study.enqueue_trial(t.params, user_attrs={"autotune.rerun_of": t.number})
             numbers.append(t.number)
@@ -174,6 +177,32 @@ class Study:
     def trial_views(self, study: optuna.Study | None = None) -> list[TrialView]:
         study = study or self.optuna_study()
         return [v for t in study.get_trials(deepcopy=False) if (v := view(t)) is not None]
+
+
+def sqlite_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on a SQLite file in WAL mode with synchronous=NORMAL.
+
+    Optuna commits every param, attribute and state change on its own; with SQLite's default
+    rollback journal each commit is an fsync (~6 ms on the benchmark machine), which made the
+    driver's sampler time alone 2x a bare Ray Tune run of the same trials
+    (scripts/bench_overhead.py). In WAL mode with synchronous=NORMAL a commit is an append, and a
+    killed process (Ctrl-C, kill -9) still loses nothing committed; only a power loss or OS crash
+    may lose the last transactions. Readers and a writer in other processes keep working.
+    """
+    import sqlalchemy
+
+    storage = optuna.storages.RDBStorage(url)
+    if storage.engine.dialect.name == "sqlite":
+
+        @sqlalchemy.event.listens_for(storage.engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        storage.engine.dispose()  # connections made before the listener get the pragmas too
+    return storage
 
 
 def view(t: FrozenTrial) -> TrialView | None:
@@ -195,6 +224,7 @@ def view(t: FrozenTrial) -> TrialView | None:
         feasible=feasible,
         started=t.datetime_start.timestamp() if t.datetime_start else None,
         ended=t.datetime_complete.timestamp() if t.datetime_complete else None,
+        node=t.user_attrs.get(NODE), host=t.user_attrs.get(HOST),
     )
 
 

@@ -77,6 +77,8 @@ class TrialRecord:
     ray_trial_id: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    node: str | None = None  # Ray node id the trial ran on
+    host: str | None = None  # that node's hostname
 
 
 class _Permanent(Exception):
@@ -104,13 +106,19 @@ def _bounded_http(timeout_s: int) -> Iterator[None]:
 
 
 def _client(uri: str) -> Any:
+    from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
     root = _artifact_root(uri)
     if root is not None:
         root.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return MlflowClient(tracking_uri=uri)
+        if root is None:
+            return MlflowClient(tracking_uri=uri)
+        # Opening a SQLite store creates or migrates its tables; two studies starting at once in
+        # one home would race there (alembic: "expected to match one row"): one at a time.
+        with FileLock(str(root.parent / ".mlflow.db.lock")):
+            return MlflowClient(tracking_uri=uri)
     except Exception as e:
         raise TrackingError(f"Cannot open the MLflow store {redact_uri(uri)}: "
                             f"{_redact_text(str(e))}",
@@ -171,13 +179,16 @@ class Recorder:
                      params=_params(rec.params), metrics=_metrics(rec.metrics),
                      curves=[{"epoch": int(c["epoch"]), **_metrics(c)} for c in rec.curves],
                      stopped=rec.stopped_at_epoch, error=rec.error, ray=rec.ray_trial_id,
-                     start=rec.started_at, end=rec.ended_at)
+                     start=rec.started_at, end=rec.ended_at, node=rec.node, host=rec.host)
 
     def set_front(self, ranks: dict[int, int]) -> None:
         self._submit("front", ranks=[[int(n), int(r)] for n, r in ranks.items()])
 
     def log_study_summary(self, metrics: dict[str, float], artifacts: dict[str, Path],
-                          step: int | None = None) -> None:
+                          step: int | None = None, timestamp_ms: int | None = None) -> None:
+        """Parent-run metrics at `step` and files. A fixed `timestamp_ms` makes a replay (the same
+        summary logged again by a later run of the study) write identical rows, which MLflow
+        deduplicates instead of doubling the history."""
         op_id = uuid.uuid4().hex
         blobs: dict[str, str] = {}
         for name, src in artifacts.items():
@@ -190,7 +201,8 @@ class Recorder:
             with open(dst, "rb") as f:
                 os.fsync(f.fileno())
             blobs[name] = str(dst.relative_to(self.spool_dir))
-        self._submit("summary", op_id=op_id, metrics=_metrics(metrics), step=step, blobs=blobs)
+        self._submit("summary", op_id=op_id, metrics=_metrics(metrics), step=step, blobs=blobs,
+                     mts=None if timestamp_ms is None else int(timestamp_ms))
 
     def end_study(self, status: str = "FINISHED") -> None:
         if status not in ("FINISHED", "FAILED", "KILLED"):
@@ -367,7 +379,8 @@ class Recorder:
         run_id = run.info.run_id
         self._children[(study, n)] = run_id
         tags = {"autotune.status": op["status"], "autotune.stopped_at_epoch": op["stopped"],
-                "autotune.error": op["error"], "autotune.ray_trial_id": op["ray"]}
+                "autotune.error": op["error"], "autotune.ray_trial_id": op["ray"],
+                "autotune.node": op.get("node"), "autotune.host": op.get("host")}
         stale = [k for k, v in tags.items() if v is None and k in run.data.tags]
         tags = {k: str(v)[:_TAG_LEN] for k, v in tags.items() if v is not None}
         # Timestamps come from the record, so a replay writes identical rows, which MLflow
@@ -402,8 +415,8 @@ class Recorder:
 
     def _do_summary(self, op: dict[str, Any]) -> None:
         parent = self._parent_id(op["study"], op["ts"])
-        step = op["step"] or 0
-        self._batch(parent, [(k, v, op["ts"], step) for k, v in op["metrics"].items()], {}, {})
+        step, ts = op["step"] or 0, op.get("mts") or op["ts"]
+        self._batch(parent, [(k, v, ts, step) for k, v in op["metrics"].items()], {}, {})
         for name, rel in op["blobs"].items():
             if not (self.spool_dir / rel).is_file():  # sent before a crash, then cleaned up
                 _log.warning("spooled artefact %s is gone; not sent again", rel)

@@ -1,0 +1,190 @@
+"""Orchestration overhead on a no-op trainable (issue 6): autotune search vs bare Ray Tune, sampler time
+vs raw Optuna ask/tell, MLflow on vs off.
+
+    .venv/bin/python scripts/bench_overhead.py --trials 200 --json /tmp/overhead.json
+
+Every variant runs the same 200 trials of scripts/bench_models/noop/model.py's work (3 epochs of
+synthetic metrics, no torch), 2 CPUs (2 concurrent trials), in one process after another; the
+variants are interleaved over --rounds so that machine noise hits each side alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench_models" / "noop"))
+from benchlib import ROOT, command, machine, versions  # noqa: E402
+
+NOOP = ROOT / "scripts" / "bench_models" / "noop" / "model.py"
+SPACE = NOOP.parent / "space.yaml"
+
+
+def _quiet() -> None:
+    from autotune.runner import _RAY_QUIET_ENV
+
+    for k, v in _RAY_QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def run_autotune(trials: int, tracking: bool, seed: int) -> dict:
+    from rich.console import Console
+
+    from autotune.runner import SearchOptions, run_search
+
+    home = tempfile.mkdtemp(prefix="bench-overhead-")
+    os.environ["AUTOTUNE_HOME"] = home
+    opts = SearchOptions(model_file=NOOP, trials=trials, name=f"noop-{seed}", seed=seed,
+                         tracking=tracking, cpus_per_trial=1.0,
+                         tracking_uri=f"sqlite:///{home}/mlflow.db" if tracking else None)
+    t0 = time.perf_counter()
+    out = run_search(opts, console=Console(file=open(os.devnull, "w")))
+    wall = time.perf_counter() - t0
+    assert out.complete, "the no-op study did not finish its trials"
+    return {"wall_s": wall, "sampler_s_per_trial": out.sampler_seconds / trials}
+
+
+def _define_by_run(trial):  # noqa: ANN001, ANN202 - module level: OptunaSearch pickles it
+    from autotune.space import SearchSpace
+
+    SearchSpace.load(SPACE).suggest(trial) if _SPACE is None else _SPACE.suggest(trial)
+
+
+_SPACE = None
+
+
+def run_bare_ray(trials: int, seed: int) -> dict:
+    """A bare Ray Tune Tuner: OptunaSearch (same sampler kind and space) over the same work."""
+    import logging
+
+    _quiet()
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from autotune.sampler import make_sampler
+    from autotune.space import SearchSpace
+    from model import metrics_at  # scripts/bench_models/noop/model.py
+
+    # Ray's workers inherit the driver's environment: let them import the no-op model too.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(NOOP.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+    def fn(config: dict) -> None:
+        lr, bs = config["optimizer.lr"], config["batch_size"]
+        for epoch in range(1, 4):
+            tune.report({"epoch": epoch, **metrics_at(lr, bs, config["optimizer.weight_decay"], epoch)})
+
+    t0 = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             configure_logging=True)
+    try:
+        global _SPACE
+        _SPACE = SearchSpace.load(SPACE)
+        search = OptunaSearch(space=_define_by_run, metric=["accuracy", "train_time_s"],
+                              mode=["max", "min"],
+                              sampler=make_sampler("tpe", n_trials=trials, seed=seed))
+        tuner = tune.Tuner(
+            tune.with_resources(fn, {"cpu": 1.0}),
+            tune_config=tune.TuneConfig(search_alg=search, num_samples=trials,
+                                        max_concurrent_trials=2, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-bare-"),
+                                      verbose=0))
+        grid = tuner.fit()
+        errors = sum(1 for r in grid if r.error is not None)
+        if errors or len(grid) != trials:
+            raise RuntimeError(f"bare Ray Tune run: {errors} errors in {len(grid)} trials")
+    finally:
+        ray.shutdown()
+    return {"wall_s": time.perf_counter() - t0}
+
+
+def run_raw_optuna(trials: int, seed: int, storage: bool) -> dict:
+    """Raw Optuna ask/tell with the same sampler, space and storage kind as autotune's driver."""
+    import optuna
+
+    from autotune.sampler import make_sampler
+    from autotune.space import SearchSpace
+    from model import metrics_at
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = SearchSpace.load(SPACE)
+    from autotune.study import sqlite_storage
+
+    url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-optuna-')}/optuna.db" if storage else None
+    # The same storage set-up as autotune's (SQLite file, WAL): the ratio is autotune's own work.
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                storage=sqlite_storage(url) if url else None,
+                                sampler=make_sampler("tpe", n_trials=trials, seed=seed))
+    t_total = 0.0
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        t = study.ask()
+        p = space.suggest(t)
+        t_total += time.perf_counter() - t0
+        m = metrics_at(p["optimizer.lr"], p["batch_size"], p["optimizer.weight_decay"], 3)
+        t0 = time.perf_counter()
+        study.tell(t, [m["accuracy"], m["train_time_s"]])
+        t_total += time.perf_counter() - t0
+    return {"sampler_s_per_trial": t_total / trials}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--only", choices=["ray", "sampler", "mlflow"], action="append")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    only = set(a.only or ["ray", "sampler", "mlflow"])
+    res: dict[str, list] = {"autotune": [], "bare_ray": [], "autotune_mlflow": [],
+                            "optuna_sqlite": [], "optuna_memory": []}
+    for r in range(a.rounds):
+        seed = r
+        order = [("autotune", lambda: run_autotune(a.trials, False, seed))]
+        if "ray" in only:
+            order.append(("bare_ray", lambda: run_bare_ray(a.trials, seed)))
+        if "mlflow" in only:
+            order.append(("autotune_mlflow", lambda: run_autotune(a.trials, True, seed)))
+        if r % 2:
+            order.reverse()
+        for name, fn in order:
+            res[name].append(fn())
+            print(f"round {r} {name}: {res[name][-1]}", flush=True)
+        if "sampler" in only:
+            res["optuna_sqlite"].append(run_raw_optuna(a.trials, seed, True))
+            res["optuna_memory"].append(run_raw_optuna(a.trials, seed, False))
+            print(f"round {r} optuna: {res['optuna_sqlite'][-1]} / memory {res['optuna_memory'][-1]}")
+
+    def med(name: str, key: str) -> float | None:
+        vals = [x[key] for x in res[name]]
+        return statistics.median(vals) if vals else None
+
+    summary = {
+        "trials": a.trials, "rounds": a.rounds, "command": command(), "machine": machine(),
+        "versions": versions(), "date": time.strftime("%Y-%m-%d"), "raw": res,
+        "autotune_wall_s": med("autotune", "wall_s"), "bare_ray_wall_s": med("bare_ray", "wall_s"),
+        "mlflow_wall_s": med("autotune_mlflow", "wall_s"),
+        "autotune_sampler_ms": 1e3 * med("autotune", "sampler_s_per_trial"),
+        "optuna_sqlite_ms": 1e3 * (med("optuna_sqlite", "sampler_s_per_trial") or float("nan")),
+        "optuna_memory_ms": 1e3 * (med("optuna_memory", "sampler_s_per_trial") or float("nan")),
+    }
+    if summary["bare_ray_wall_s"]:
+        summary["ray_ratio"] = summary["autotune_wall_s"] / summary["bare_ray_wall_s"]
+    if summary["mlflow_wall_s"]:
+        summary["mlflow_ratio"] = summary["mlflow_wall_s"] / summary["autotune_wall_s"]
+    summary["sampler_ratio"] = summary["autotune_sampler_ms"] / summary["optuna_sqlite_ms"]
+    print(json.dumps({k: v for k, v in summary.items() if k != "raw"}, indent=1, default=str))
+    if a.json:
+        a.json.write_text(json.dumps(summary, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

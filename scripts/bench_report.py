@@ -1,0 +1,211 @@
+"""Write the issue-6 sections of docs/BENCHMARKS.md (and docs/img/*.png) from the benchmark JSON files.
+
+    .venv/bin/python scripts/bench_report.py --dir bench_out
+
+Sections other scripts own (e.g. "## Trainer", written by bench_trainer.py) are kept as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import ROOT  # noqa: E402
+
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+IMG = ROOT / "docs" / "img"
+OURS = ("## Orchestration overhead", "## Search efficiency", "## What tuning buys")
+LABEL = {"autotune": "autotune (defaults: TPE + MO early stopping)", "autotune-noES": "autotune TPE, no early stopping",
+         "optuna-motpe": "Optuna MO-TPE (stock), no ES", "optuna-nsga2": "Optuna NSGA-II, no ES",
+         "random": "random search", "synetune-moasha": "Syne Tune MOASHA"}
+
+
+def _f(x: float | None, d: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{d}g}"
+
+
+def _ok(flag: bool) -> str:
+    return "**met**" if flag else "**missed**"
+
+
+def overhead(d: dict) -> str:
+    r, s, m = d.get("ray_ratio"), d.get("sampler_ratio"), d.get("mlflow_ratio")
+    return "\n".join([
+        "## Orchestration overhead", "",
+        f"Command: `{d['command']}`  ",
+        f"Machine: {d['machine']['cpu']}, {d['machine']['nproc']} cores; {_versions(d)}; {d['date']}", "",
+        f"No-op trainable (`scripts/bench_models/noop/model.py`: 3 epochs of synthetic metrics, no torch), "
+        f"{d['trials']} trials, 2 CPUs (2 trials at a time), the variants run one after another in one "
+        f"process ({d['rounds']} round(s), medians).", "",
+        "| measure | autotune | peer | ratio | target |", "|---|---:|---:|---:|---|",
+        f"| wall time, `run_search` (tracking off) vs bare Ray Tune Tuner + OptunaSearch | "
+        f"{_f(d.get('autotune_wall_s'))} s | {_f(d.get('bare_ray_wall_s'))} s | {_f(r)}× | ≤ 1.1×: {_ok(r is not None and r <= 1.1)} |",
+        f"| sampler time per trial (ask + suggest + tell, `sampler_seconds`) vs raw Optuna ask/tell, "
+        f"same sampler, space and SQLite storage | {_f(d.get('autotune_sampler_ms'))} ms | "
+        f"{_f(d.get('optuna_sqlite_ms'))} ms | {_f(s)}× | ≤ 1.5×: {_ok(s is not None and s <= 1.5)} |",
+        f"| wall time, MLflow on vs off | {_f(d.get('mlflow_wall_s'))} s | {_f(d.get('autotune_wall_s'))} s | "
+        f"{_f(m)}× | ≤ 1.1×: {_ok(m is not None and m <= 1.1)} |", "",
+        f"Raw Optuna ask/tell with in-memory storage: {_f(d.get('optuna_memory_ms'))} ms per trial; "
+        "nearly all of a trial's sampler time on SQLite is commits (~6 ms each here, fsync), which is "
+        "what autotune pays for a resumable study.", "",
+        "Found and fixed with this benchmark: the searcher wrote each of a trial's seven user "
+        "attributes (policy, status, metrics, curves, Ray id, baseline flag, constraints) with its own "
+        "`set_user_attr`, one SQLite commit each, so a trial's sampler time was 2.4× raw Optuna's "
+        "(184 vs 76 ms per trial in a 30-trial run). They are now written in one storage transaction "
+        "(`autotune/searcher.py`, `_set_attrs`), and the policy attribute is no longer written "
+        "separately at ask time.", ""])
+
+
+def _versions(d: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d["versions"].items())
+
+
+def search(d: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    out = ["## Search efficiency", "",
+           f"Command: `{d['command']}`  ",
+           f"Machine: {d['machine']['cpu']}, {d['machine']['nproc']} cores; {_versions(d)}; {d['date']}", "",
+           "Tabulated benchmarks built from real training by `scripts/make_table.py` (every policy of a "
+           "choice-only space trained once for its full budget, per-epoch quality and cost; the files "
+           "are `scripts/tables/*.json.gz`, the spaces `scripts/tables/*_space.yaml`):", "",
+           "- **digits**: `studies/digits` (10 epochs), 162 policies: width × lr × batch size × "
+           "precision × pruning; objectives accuracy (max) and train_time_s (min).",
+           "- **charlm**: `scripts/tables/charlm_small/model.py` = `studies/charlm`'s GRU on 15 % of "
+           "its training text, 8 epochs (so the table builds in minutes), 108 policies: hidden × lr × "
+           "batch size × precision × pruning; objectives perplexity (min) and train_time_s (min).", "",
+           "Hypervolume on objectives normalised by the table's true front (ideal 0, nadir 1), "
+           "reference point 1.1 in each; regret = true front's hypervolume − found front's. Compute = "
+           "epochs of the trials completed so far; only trials trained to the full budget count for "
+           "the found front (as in autotune's own front). Medians over seeds with 95 % bootstrap CIs.", "",
+           "autotune's two variants run the real `PolicySearcher` + `MultiObjectiveRungs` classes "
+           "in-process, driven by a simulated asynchronous pool of 2 workers whose epochs take the "
+           "table's recorded time (`run_autotune` in `scripts/bench_search.py`). "
+           "The Optuna peers are plain ask/tell loops over the table (stock `TPESampler(seed)`; "
+           "NSGA-II with autotune's population sizing), Syne Tune's `MOASHA` (random configurations, "
+           "grace 3, η 3, non-dominated-sort promotion) runs on the same simulated pool.", ""]
+    for name, t in d["tables"].items():
+        ms = t["methods"]
+        out += [f"### {name}: {t['policies']} policies, true front {t['front_size']} points, budget "
+                f"{t['budget_epochs']} epochs (= {t['budget_trials']} full trials), {t['seeds']} seeds", "",
+                "| method | regret @25 % | regret @50 % | regret @100 % | trials run | full-budget trials |",
+                "|---|---|---|---|---:|---:|"]
+        for m, r in ms.items():
+            cells = [f"{_f(r[f'regret@{f}'][0])} [{_f(r[f'regret@{f}'][1])}, {_f(r[f'regret@{f}'][2])}]"
+                     for f in ("0.25", "0.5", "1.0")]
+            out.append(f"| {LABEL.get(m, m)} | {' | '.join(cells)} | {r['trials']:.0f} | {r['full_trials']:.0f} |")
+        out += ["", "Epochs each method needs (median over seeds; ∞ = not reached within the budget) to reach "
+                "each peer's median final hypervolume:", "",
+                "| method \\ target | " + " | ".join(ms) + " |", "|---|" + "---:|" * len(ms)]
+        for m, r in ms.items():
+            out.append(f"| {m} | " + " | ".join(
+                "∞" if not math.isfinite(r["epochs_to_reach"][p]) else f"{r['epochs_to_reach'][p]:.0f}"
+                for p in ms) + " |")
+        if "autotune" in ms and "optuna-motpe" in ms:
+            a, p = ms["autotune"], ms["optuna-motpe"]
+            rows = []
+            for f, tgt in (("0.25", 0.6), ("0.5", 0.6), ("1.0", 1.0)):
+                pr = p[f"regret@{f}"][0]
+                ratio = a[f"regret@{f}"][0] / pr if pr > 0 else math.inf
+                rows.append(f"regret @{float(f) * 100:.0f} %: {_f(ratio)}× (target ≤ {tgt}×: {_ok(ratio <= tgt)})")
+            own = p["epochs_to_reach"]["optuna-motpe"]
+            reach = a["epochs_to_reach"]["optuna-motpe"] / own if own and math.isfinite(own) else math.inf
+            rows.append(f"MO-TPE's final hypervolume reached with {_f(reach)}× its compute "
+                        f"(target ≤ 0.5×: {_ok(reach <= 0.5)})")
+            out += ["", "**Targets, autotune defaults vs Optuna MO-TPE without early stopping:** " + "; ".join(rows) + "."]
+        if "ray" in t:
+            rr = t["ray"]
+            out += ["", f"Real pipeline check: {rr['seeds']} seed(s) through `run_search` + Ray Tune on "
+                    f"`scripts/bench_models/replay_{name}/model.py` (the trainable reads the table): final "
+                    f"hypervolume {', '.join(_f(x, 4) for x in rr['final_hv'])} vs the in-process "
+                    f"simulation of the same seeds {', '.join(_f(x, 4) for x in rr['sim_final_hv_same_seeds'])}"
+                    f" (true {_f(t['true_hv'], 4)}; seeds differ in asynchrony: Ray's replay trials take no "
+                    "time, the simulation's take the table's)."]
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for m, r in ms.items():
+            xs = [t["budget_epochs"] * (i + 1) / len(r["curve"]) for i in range(len(r["curve"]))]
+            ax.plot(xs, r["curve"], label=LABEL.get(m, m), lw=2 if m == "autotune" else 1.2)
+        if "ray" in t:
+            c = t["ray"]["curve"]
+            ax.plot([t["budget_epochs"] * (i + 1) / len(c) for i in range(len(c))], c, "k:",
+                    label=f"autotune via Ray ({t['ray']['seeds']} seeds)")
+        ax.axhline(t["true_hv"], color="grey", ls="--", lw=0.8, label="true front")
+        ax.set_xlabel("compute (epochs)")
+        ax.set_ylabel("hypervolume (median over seeds)")
+        ax.set_title(f"{name}: hypervolume vs compute")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(IMG / f"search_{name}.png", dpi=110)
+        plt.close(fig)
+        out += ["", f"![hypervolume vs compute, {name}](img/search_{name}.png)", ""]
+    return "\n".join(out)
+
+
+def efficiency(d: dict) -> str:
+    out = ["## What tuning buys", "", f"Command: `{d['command']}`  ",
+           f"Machine: {d['machine']['cpu']}, {d['machine']['nproc']} cores; {_versions(d)}; {d['date']}", "",
+           "A real `autotune search` per study (real training, objectives quality and train_time_s, "
+           "defaults otherwise, tracking off); then, for each cost, the cheapest finished trial within "
+           "0.5 pp of the default policy's accuracy (charlm: perplexity within 1 %) "
+           "(`autotune.results.best_within`), as a ratio of the default policy's cost measured in the "
+           "same study. Target: ≤ 0.5× in at least one cost on each study.", "",
+           "| study | trials | default quality | cost | best ratio | its quality | knobs it changed |",
+           "|---|---:|---:|---|---:|---:|---|"]
+    verdicts = []
+    for name, r in d["studies"].items():
+        if r["baseline"] is None:
+            out.append(f"| {name} | {r['trials']} | baseline did not finish | | | | |")
+            verdicts.append(f"{name}: **missed** (no baseline)")
+            continue
+        bq = r["baseline"]["metrics"][r["quality"]]
+        best_ratio = math.inf
+        for cost in ("train_time_s", "train_flops", "infer_latency_ms"):
+            b = r["best"].get(cost)
+            if b is None:
+                out.append(f"| {name} | {r['trials']} | {_f(bq, 4)} | {cost} | none within tolerance | | |")
+                continue
+            best_ratio = min(best_ratio, b["ratio"])
+            knobs = ", ".join(f"`{k}={v}`" for k, v in sorted(b["knobs"].items())) or "(the default itself)"
+            out.append(f"| {name} | {r['trials']} | {_f(bq, 4)} | {cost} | {_f(b['ratio'])}× | "
+                       f"{_f(b['quality'], 4)} | {knobs} |")
+        verdicts.append(f"{name}: best {_f(best_ratio)}× → {_ok(best_ratio <= 0.5)}")
+    out += ["", "Target ≤ 0.5× in at least one cost: " + "; ".join(verdicts) + ".", ""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=ROOT / "bench_out")
+    ap.add_argument("--all-command", default="scripts/bench_all.sh")
+    a = ap.parse_args()
+    sections = {}
+    for fname, title, fn in (("overhead.json", OURS[0], overhead), ("search.json", OURS[1], search),
+                             ("efficiency.json", OURS[2], efficiency)):
+        p = a.dir / fname
+        if p.exists():
+            sections[title] = fn(json.loads(p.read_text()))
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    for title, body in sections.items():
+        pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+        if pattern.search(text):
+            text = pattern.sub(lambda _m: body.rstrip() + "\n\n", text)
+        else:
+            text = text.rstrip() + "\n\n" + body.rstrip() + "\n"
+    if "Regenerate everything:" not in text:
+        text = text.replace("# Benchmarks\n", f"# Benchmarks\n\nRegenerate everything: `make bench` "
+                            f"(= `{a.all_command}`, ≤ 30 min on 2 cores).\n", 1)
+    DOC.write_text(text)
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
