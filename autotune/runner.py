@@ -382,8 +382,14 @@ def run_search(opts: SearchOptions, console: Console | None = None) -> SearchOut
     from autotune.scheduler import RungSchedule
 
     schedule = (RungSchedule.parse(opts.rungs, base.epochs) if opts.rungs
-                else RungSchedule.geometric(3, opts.eta, base.epochs))
+                else RungSchedule.default(opts.eta, base.epochs))
     study = Study(opts.name or default_name(mf))
+    if not opts.rungs and study.exists:
+        # A study resumes with the default rungs it was created with (the default has changed:
+        # it was 3·3ᵏ before docs/BENCHMARKS.md's search benchmark moved it).
+        made = study.load_config()
+        if made.rungs and made.eta == opts.eta and made.epochs == base.epochs:
+            schedule = RungSchedule(rungs=tuple(made.rungs), max_epochs=base.epochs, eta=made.eta)
     config = StudyConfig(
         name=study.name, model_file=str(mf.path), model_sha256=mf.sha256,
         objectives=[(o.metric, o.direction) for o in objectives],
@@ -546,6 +552,16 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
     scheduler = (MultiObjectiveASHA([(o.metric, o.direction) for o in objectives], schedule,
                                     state_path=study.dir / "scheduler.json")
                  if config.early_stop and schedule.rungs else FIFOScheduler())
+
+    def spent() -> float:
+        """Share of the study's budget spent: trials done / trials, or of --time-budget if more."""
+        done = len(all_views) / max(1, config.trials)
+        if opts.time_budget_s:
+            done = max(done, (time.time() - t_start) / opts.time_budget_s)
+        return done
+
+    if isinstance(scheduler, MultiObjectiveASHA):
+        scheduler.set_progress(spent())  # late in the study it promotes more (scheduler.py)
     progress = Progress(console, study.name, config.trials, len(views), min(slots, remaining),
                         objectives[0])
 
@@ -557,6 +573,8 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
         if recorder:
             recorder.trial(view, front)
         progress.trial_ended(view.status, (view.ended or 0) - (view.started or 0), front)
+        if isinstance(scheduler, MultiObjectiveASHA):
+            scheduler.set_progress(spent())
 
     def stopped(trial_id: str) -> int | None:
         return scheduler.stopped.get(trial_id) if isinstance(scheduler, MultiObjectiveASHA) else None

@@ -75,6 +75,17 @@ class RungSchedule:
         return cls(rungs=tuple(rungs), max_epochs=max_epochs, eta=eta)
 
     @classmethod
+    def default(cls, eta: int, max_epochs: int) -> RungSchedule:
+        """The schedule `autotune search` uses when no --rungs is given: geometric from
+        grace = max(1, max_epochs // eta**2), e.g. 1/3/9 for 10 epochs, 1/3 for 8, 3/9/27 for 30.
+
+        The first rung at ~1/eta² of the budget (it was a fixed 3) made the difference on the
+        tabulated benchmarks (docs/BENCHMARKS.md, "Search efficiency"): a dominated policy costs
+        one epoch instead of three, and the sampler hears about it sooner.
+        """
+        return cls.geometric(max(1, max_epochs // eta**2), eta, max_epochs)
+
+    @classmethod
     def parse(cls, text: str, max_epochs: int) -> RungSchedule:
         """Parse "3,9,27" (eta 3), "3,9,27,eta=2" or "grace=3,eta=3"; drops rungs >= max_epochs."""
         rungs: list[int] = []
@@ -117,12 +128,25 @@ class MultiObjectiveRungs:
     """Asynchronous successive halving whose promotion rule is non-dominated sorting (no Ray here).
 
     At a rung, a trial's objective vector is recorded once; it continues iff its position in
-    `pareto.front_order` of everything recorded at that rung (itself included) is < ceil(n / eta).
-    Like ASHA the decision is made on arrival, against whoever reached the rung before: the first
-    trial always continues, later ones compete with a growing field.
+    `pareto.front_order` of everything recorded at that rung (itself included) is < `quota(n)`,
+    or, with `promote_front` (default True), it is non-dominated (rank 0) among them: only trials
+    that train the whole budget enter the study's front, and with the quota alone too few did.
+    The quota is ceil(n / eta), and ceil(n * mature_factor / eta) once `set_progress` reports that
+    at least `mature_at` of the study's budget is spent (defaults 0.5 and 2; None: never): late in
+    a study, budget shifts to full-length trials. Like ASHA the decision is made on arrival,
+    against whoever reached the rung before: the first trial always continues, later ones compete
+    with a growing field.
     """
 
-    def __init__(self, objectives: Sequence[Objective], schedule: RungSchedule) -> None:
+    def __init__(
+        self,
+        objectives: Sequence[Objective],
+        schedule: RungSchedule,
+        *,
+        promote_front: bool = True,
+        mature_at: float | None = 0.5,
+        mature_factor: float = 2.0,
+    ) -> None:
         objs = [tuple(o) for o in objectives]
         problems = []
         if not objs:
@@ -138,8 +162,21 @@ class MultiObjectiveRungs:
                 "Invalid scheduler objectives: " + "; ".join(problems) + ".",
                 fix="Give each objective once as (metric, 'min') or (metric, 'max').",
             )
+        if mature_at is not None and not 0.0 <= mature_at <= 1.0:
+            problems.append(f"mature_at must be in [0, 1] or None, but got {mature_at!r}")
+        if not mature_factor >= 1.0:
+            problems.append(f"mature_factor must be >= 1, but got {mature_factor!r}")
+        if problems:
+            raise StudyError(
+                "Invalid scheduler settings: " + "; ".join(problems) + ".",
+                fix="Use mature_at in [0, 1] (or None: never) and mature_factor >= 1.",
+            )
         self.objectives: list[Objective] = [(str(n), d) for n, d in objs]  # type: ignore[misc]
         self.schedule = schedule
+        self.promote_front = bool(promote_front)
+        self.mature_at = mature_at
+        self.mature_factor = float(mature_factor)
+        self.progress = 0.0
         self._rungs: dict[int, dict[str, tuple[float, ...]]] = {r: {} for r in schedule.rungs}
         self.stopped: dict[str, int] = {}
         # Bumped on every recorded vector or stop: the Ray adapter persists only when state moved.
@@ -177,10 +214,37 @@ class MultiObjectiveRungs:
         self.changes += 1
         ids = list(table)
         loss = pareto.to_loss(np.array([table[i] for i in ids]), [d for _, d in self.objectives])
-        position = int(np.flatnonzero(pareto.front_order(loss) == ids.index(trial_id))[0])
-        if position < math.ceil(len(ids) / self.schedule.eta):
+        me = ids.index(trial_id)
+        position = int(np.flatnonzero(pareto.front_order(loss) == me)[0])
+        if position < self.quota(len(ids)):
             return "continue"
+        if self.promote_front and pareto.nondominated_ranks(loss)[me] == 0:
+            return "continue"  # on the rung's front: stopping it would thin the study's front
         return self._stop(trial_id, epoch)
+
+    def quota(self, n: int) -> int:
+        """How many of the n trials recorded at a rung continue by position (front_order).
+
+        ceil(n / eta), or ceil(n * mature_factor / eta) (at most n) once the study is mature,
+        i.e. `set_progress` reported a fraction >= mature_at.
+        """
+        factor = self.mature_factor if self.mature else 1.0
+        return min(n, math.ceil(n * factor / self.schedule.eta))
+
+    @property
+    def mature(self) -> bool:
+        return self.mature_at is not None and self.progress >= self.mature_at
+
+    def set_progress(self, fraction: float) -> None:
+        """Tell the scheduler how much of the study's budget is spent (0..1, clipped).
+
+        The runner calls it as trials end (trials done / trials asked for, or the time budget's
+        share if larger). Past `mature_at` the quota grows by `mature_factor`: late in a study
+        the sampler knows where to look and a full-budget trial is worth more than two
+        short ones, because only full-budget trials enter the front.
+        """
+        f = float(fraction)
+        self.progress = min(1.0, max(0.0, f)) if math.isfinite(f) else self.progress
 
     def _stop(self, trial_id: str, epoch: int) -> Decision:
         self.stopped[trial_id] = epoch
@@ -205,8 +269,10 @@ class MultiObjectiveRungs:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> MultiObjectiveRungs:
-        """Rebuild from `state()`, e.g. when a study resumes."""
+    def from_state(cls, state: Mapping[str, Any], **options: Any) -> MultiObjectiveRungs:
+        """Rebuild from `state()`, e.g. when a study resumes; `options` are the constructor's
+        keyword settings (promote_front, mature_at, mature_factor), which the state does not hold:
+        they, like the progress, come from the running study."""
         if state.get("version") != _STATE_VERSION:
             raise StudyError(
                 f"Scheduler state has version {state.get('version')!r}; "
@@ -217,6 +283,7 @@ class MultiObjectiveRungs:
         obj = cls(
             [(n, d) for n, d in state["objectives"]],
             RungSchedule(rungs=tuple(sch["rungs"]), max_epochs=sch["max_epochs"], eta=sch["eta"]),
+            **options,
         )
         for r, table in state["rungs"].items():
             if int(r) not in obj._rungs:
@@ -246,17 +313,25 @@ class MultiObjectiveASHA(FIFOScheduler):
         schedule: RungSchedule,
         time_attr: str = "epoch",
         state_path: str | os.PathLike[str] | None = None,
+        **options: Any,
     ) -> None:
+        """`options`: MultiObjectiveRungs' keyword settings (promote_front, mature_at,
+        mature_factor); their defaults are autotune's."""
         super().__init__()
         self.time_attr = time_attr
         self.state_path = Path(state_path) if state_path is not None else None
-        self.rungs = MultiObjectiveRungs(objectives, schedule)
+        self.options = dict(options)
+        self.rungs = MultiObjectiveRungs(objectives, schedule, **self.options)
         if self.state_path is not None and self.state_path.exists():
             self.restore(str(self.state_path))
 
     @property
     def stopped(self) -> dict[str, int]:
         return self.rungs.stopped
+
+    def set_progress(self, fraction: float) -> None:
+        """The share of the study's budget spent (see `MultiObjectiveRungs.set_progress`)."""
+        self.rungs.set_progress(fraction)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         # Refuse a TuneConfig metric: it would also make OptunaSearch single-objective
@@ -301,7 +376,7 @@ class MultiObjectiveASHA(FIFOScheduler):
                 f"Cannot read scheduler state {checkpoint_path}: {e}.",
                 fix="Delete the file to restart early stopping from empty rungs.",
             ) from e
-        loaded = MultiObjectiveRungs.from_state(state)
+        loaded = MultiObjectiveRungs.from_state(state, **self.options)
         if loaded.objectives != self.rungs.objectives or loaded.schedule != self.rungs.schedule:
             raise StudyError(
                 f"Scheduler state {checkpoint_path} was made for objectives "
@@ -309,6 +384,7 @@ class MultiObjectiveASHA(FIFOScheduler):
                 f"{self.rungs.objectives} and {self.rungs.schedule}.",
                 fix="Resume with the original objectives and rungs, or start a new study.",
             )
+        loaded.progress = self.rungs.progress
         self.rungs = loaded
 
 

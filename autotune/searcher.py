@@ -32,6 +32,7 @@ class _Live:
     policy: Policy
     baseline: bool
     ot: optuna.trial.Trial | None
+    record_id: int | None = None  # the trial's id in the study's storage, when `ot` is the sampler's copy
     started: float = field(default_factory=time.time)
     last: dict[str, Any] = field(default_factory=dict)
     curves: list[dict[str, float]] = field(default_factory=list)
@@ -45,6 +46,13 @@ class PolicySearcher(Searcher):
     budget; multi-objective TPE learns more from that than from PRUNED/FAIL. The study view: only
     trials that trained the whole budget ("finished") may enter the front; `autotune.status`
     records which is which.
+
+    On a database storage (the study's SQLite file), the sampler works on an in-memory copy of
+    the study and the database is written twice per trial, in one transaction each: the running
+    trial with its params when it is asked for, its state, values and attributes when it ends.
+    Sampling straight on the database read the running trials back and committed every param on
+    its own, ~40 ms per trial on the driver's thread; Ray Tune's loop waits on that, which made
+    `autotune search` 2.7x a bare Ray Tune run of the same no-op trials (scripts/bench_overhead.py).
     """
 
     def __init__(self, *, study: optuna.Study, space: SearchSpace, base: Policy,
@@ -65,6 +73,11 @@ class PolicySearcher(Searcher):
         self.live: dict[str, _Live] = {}
         self.sampler_seconds = 0.0  # time spent in ask + sampling, for the overhead benchmark
         self.finished = False  # set by the driver: suggest no more trials
+        self.sampler_study = _sampler_copy(study)  # the study itself unless it is on a database
+        self._mirrored = self.sampler_study is not study
+        # Trials enqueued for a rerun (WAITING in the study): asked for on the study itself.
+        self._waiting = (len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+                         if self._mirrored else 0)
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray pickles the searcher into its experiment folder; the study's truth is Optuna's storage,
@@ -101,25 +114,51 @@ class PolicySearcher(Searcher):
         t0 = time.perf_counter()
         try:
             for _ in range(_MAX_INVALID):
-                ot = self.study.ask()
-                overrides = self.space.suggest(ot)
+                if self._mirrored:
+                    ot, overrides, record_id, number = self._ask_mirrored()
+                else:
+                    ot = self.study.ask()
+                    overrides = self.space.suggest(ot)
+                    record_id, number = None, ot.number
                 try:
                     policy = self.base.with_overrides(overrides, source=f"a sample of {self.space.source}")
                 except PolicyError as exc:
                     # Tell the sampler this region is invalid; it is not a trial of the study.
                     ot.set_user_attr(st.STATUS, "invalid")
                     ot.set_user_attr(st.ERROR, exc.message[:500])
-                    self.study.tell(ot, state=TrialState.FAIL)
+                    self.sampler_study.tell(ot, state=TrialState.FAIL)
+                    if self._mirrored:
+                        storage = self.study._storage
+                        storage.set_trial_user_attr(record_id, st.STATUS, "invalid")
+                        storage.set_trial_user_attr(record_id, st.ERROR, exc.message[:500])
+                        storage.set_trial_state_values(record_id, TrialState.FAIL)
                     continue
                 # The policy is recorded with the trial's other attributes at tell time, in one
                 # storage transaction (a SQLite commit costs ~6 ms here: docs/BENCHMARKS.md).
-                return _Live(ot.number, policy, False, ot)
+                return _Live(number, policy, False, ot, record_id)
         finally:
             self.sampler_seconds += time.perf_counter() - t0
         raise PolicyError(
             f"{_MAX_INVALID} samples in a row from {self.space.source} gave invalid policies.",
             fix="add `when:` conditions or narrow ranges so that samples form valid policies.",
         )
+
+    def _ask_mirrored(self) -> tuple[optuna.trial.Trial, dict[str, Any], int, int]:
+        """Sample on the in-memory copy, then record the running trial with its params in the
+        study in one transaction (a killed driver leaves it RUNNING: the next run reruns it)."""
+        storage = self.study._storage
+        if self._waiting > 0:  # a rerun enqueued in the study: popped there, then mirrored
+            self._waiting -= 1
+            rec = self.study.ask()
+            self.space.suggest(rec)
+            self.sampler_study.enqueue_trial(rec.params)
+            ot = self.sampler_study.ask()
+            return ot, self.space.suggest(ot), rec._trial_id, rec.number
+        ot = self.sampler_study.ask()
+        overrides = self.space.suggest(ot)
+        record_id = storage.create_new_trial(self.study._study_id, template_trial=optuna.trial.create_trial(
+            state=TrialState.RUNNING, params=ot.params, distributions=ot.distributions))
+        return ot, overrides, record_id, storage.get_trial_number_from_id(record_id)
 
     # ---- telling -----------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -172,8 +211,10 @@ class PolicySearcher(Searcher):
                        if c.metric in told and math.isfinite(told[c.metric])}
         number = self._tell(live, attrs, values if ok else None, constraints)
         self.sampler_seconds += time.perf_counter() - t0
-        view = st.view(self.study._storage.get_trial(self.study._storage.get_trial_id_from_study_id_trial_number(
-            self.study._study_id, number)))
+        storage = self.study._storage
+        view = st.view(storage.get_trial(live.record_id if live.record_id is not None else
+                                         storage.get_trial_id_from_study_id_trial_number(
+                                             self.study._study_id, number)))
         assert view is not None
         self.on_finish(view)
 
@@ -195,6 +236,16 @@ class PolicySearcher(Searcher):
             return self._add_baseline(attrs, values, constraints)
         ot = live.ot
         assert ot is not None
+        if live.record_id is not None:  # the study gets the record, the sampler's copy the result
+            _set_attrs(self.study, live.record_id, attrs, constraints)
+            self.study._storage.set_trial_state_values(
+                live.record_id, TrialState.FAIL if values is None else TrialState.COMPLETE, values)
+            for k, v in constraints.items():
+                ot.storage.set_trial_system_attr(ot._trial_id, f"constraints:{k}", float(v))
+            self.sampler_study.tell(ot, state=TrialState.FAIL) if values is None else \
+                self.sampler_study.tell(ot, values)
+            assert live.number is not None
+            return live.number
         _set_attrs(self.study, ot._trial_id, attrs, constraints)
         ot._cached_frozen_trial.user_attrs.update(attrs)  # what set_user_attr would have cached
         ot._cached_frozen_trial.system_attrs.update(
@@ -215,6 +266,8 @@ class PolicySearcher(Searcher):
             values=values, params=params, distributions=dists, user_attrs=attrs,
             system_attrs=system)
         self.study.add_trial(frozen)
+        if self._mirrored:
+            self.sampler_study.add_trial(frozen)
         return self.study._storage.get_n_trials(self.study._study_id) - 1
 
     def _baseline_params(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -234,15 +287,34 @@ class PolicySearcher(Searcher):
         if live.ot is None:
             self.baseline_needed = True
             return
-        live.ot.set_user_attr(st.STATUS, st.INTERRUPTED)
-        self.study.tell(live.ot, state=TrialState.FAIL)
+        if live.record_id is not None:
+            self.study._storage.set_trial_user_attr(live.record_id, st.STATUS, st.INTERRUPTED)
+            self.study._storage.set_trial_state_values(live.record_id, TrialState.FAIL)
+            self.sampler_study.tell(live.ot, state=TrialState.FAIL)
+        else:
+            live.ot.set_user_attr(st.STATUS, st.INTERRUPTED)
+            self.study.tell(live.ot, state=TrialState.FAIL)
         if live.ot.params:
-            self.study.enqueue_trial(live.ot.params, user_attrs={"autotune.rerun_of": live.ot.number})
+            self.study.enqueue_trial(live.ot.params, user_attrs={"autotune.rerun_of": live.number})
+            if self._mirrored:
+                self._waiting += 1
 
     def abandon_running(self) -> None:
         """At the end of a run (budget spent, Ctrl-C): trials still live will run again next time."""
         for trial_id in list(self.live):
             self._interrupted(self.live.pop(trial_id))
+
+
+def _sampler_copy(study: optuna.Study) -> optuna.Study:
+    """`study` itself, or, when it is on a database, an in-memory study with the same sampler and
+    directions holding its finished trials (WAITING ones stay in the database until asked for)."""
+    from optuna.storages import RDBStorage
+
+    if not isinstance(getattr(study._storage, "_backend", study._storage), RDBStorage):
+        return study
+    copy = optuna.create_study(directions=study.directions, sampler=study.sampler)
+    copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    return copy
 
 
 def _set_attrs(study: optuna.Study, trial_id: int, user: dict[str, Any],

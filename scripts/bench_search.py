@@ -6,7 +6,11 @@ Tables (scripts/tables/*.json.gz, built by scripts/make_table.py) hold every pol
 space trained once for its full budget, per epoch. Methods, all over the same table and budget:
 
 - autotune        autotune's defaults: PolicySearcher (sampler 'tpe' as make_sampler builds it)
-                  + MultiObjectiveRungs (rungs 3*3^k), asynchronous pool of 2 workers
+                  + MultiObjectiveRungs with its defaults (RungSchedule.default: rungs 1/3/9 of 10
+                  epochs, 1/3 of 8; rank-0 trials always continue; quota doubles once half the
+                  budget, here the epoch budget, is spent), asynchronous pool of 2 workers
+- autotune-asha   the same with autotune's previous early stopping (rungs 3*3^k, promotion of the
+                  top ceil(n/eta) only): textbook MO-ASHA on the same sampler
 - autotune-noES   the same without early stopping
 - optuna-motpe    raw Optuna ask/tell loop, stock TPESampler(seed) (MO-TPE), no early stopping
 - optuna-nsga2    raw Optuna loop, NSGAIISampler sized as autotune sizes it, no early stopping
@@ -39,7 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import HV, ROOT, TABLES, Replay, command, final_vector, load_table, machine, versions  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 1.0)
-METHODS = ("autotune", "autotune-noES", "optuna-motpe", "optuna-nsga2", "random", "synetune-moasha")
+METHODS = ("autotune", "autotune-asha", "autotune-noES", "optuna-motpe", "optuna-nsga2", "random",
+           "synetune-moasha")
+# autotune's early stopping before this benchmark moved it: rungs 3·3^k, top ceil(n/eta) only.
+ASHA_RUNGS = {"grace": 3, "promote_front": False, "mature_at": None}
 
 
 # ---- one run = a list of (cumulative epochs, final vector or None) in completion order ------------
@@ -68,7 +75,8 @@ class _Pool:
 
 
 def run_autotune(rp: Replay, seed: int, budget: int, early_stop: bool, workers: int = 2,
-                 sampler: str = "tpe") -> list[tuple[int, Any]]:
+                 sampler: str = "tpe",
+                 rungs_kw: dict[str, Any] | None = None) -> list[tuple[int, Any]]:
     """autotune's searcher + scheduler classes, driven like Ray Tune drives them."""
     import optuna
 
@@ -87,8 +95,13 @@ def run_autotune(rp: Replay, seed: int, budget: int, early_stop: bool, workers: 
     study = optuna.create_study(directions=["maximize" if o.direction == "max" else "minimize"
                                             for o in objs],
                                 sampler=make_sampler(sampler, n_trials=n_trials, seed=seed))
-    rungs = (MultiObjectiveRungs([(o.metric, o.direction) for o in objs],
-                                 RungSchedule.geometric(3, 3, base.epochs)) if early_stop else None)
+    # The library's defaults: the rung schedule run_search builds and the scheduler's own settings.
+    kw = dict(rungs_kw or {})
+    grace = kw.pop("grace", None)
+    schedule = (RungSchedule.geometric(grace, 3, base.epochs) if grace
+                else RungSchedule.default(3, base.epochs))
+    rungs = (MultiObjectiveRungs([(o.metric, o.direction) for o in objs], schedule, **kw)
+             if early_stop else None)
     done: list[tuple[int, Any]] = []
     used = [0]
     views: dict[int, Any] = {}
@@ -133,6 +146,8 @@ def run_autotune(rp: Replay, seed: int, budget: int, early_stop: bool, workers: 
         if stop or last:
             searcher.on_trial_complete(tid, r)
             used[0] += e
+            if rungs is not None:  # as run_search does when a trial ends (there: trials done / trials)
+                rungs.set_progress(used[0] / budget)
             finished = r["autotune_status"] == "finished"
             done.append((used[0], final_vector(s["row"], table["objectives"]) if finished else None))
             del state[tid]
@@ -191,8 +206,6 @@ def run_moasha(rp: Replay, seed: int, budget: int, workers: int = 2) -> list[tup
     space = SearchSpace.load(rp.space_file)
     # Conditional keys (prune.ratio only when pruning) become one choice over the valid combinations.
     combos: dict[str, list[dict]] = {}
-    for key in json.loads(table["rows"][0]["key"]):
-        pass
     groups: dict[str, set[str]] = {}
     for p in space.params:
         root = next(iter(p.when), p.key) if p.when else p.key
@@ -313,6 +326,8 @@ def bench_table(name: str, seeds: int, ray_seeds: int, budget_trials: int,
         for s in range(seeds):
             if m == "autotune":
                 runs[m].append(run_autotune(rp, s, budget, True))
+            elif m == "autotune-asha":
+                runs[m].append(run_autotune(rp, s, budget, True, rungs_kw=ASHA_RUNGS))
             elif m == "autotune-noES":
                 runs[m].append(run_autotune(rp, s, budget, False))
             elif m == "synetune-moasha":

@@ -339,3 +339,99 @@ def test_ray_tune_stops_dominated_configs(ray_local, tmp_path: Path) -> None:
     last_epoch = {r.config["q"]: r.metrics["epoch"] for r in results}
     assert last_epoch == {"A": 9, "B": 3, "C": 9, "D": 3, "E": 9}
     assert sorted(sched.stopped.values()) == [3, 3]
+
+
+# --- Front promotion and budget shifting (defaults since the search benchmark) -----------------
+
+
+def _plain(**kw) -> MultiObjectiveRungs:
+    return MultiObjectiveRungs(
+        OBJECTIVES, RungSchedule(rungs=(3,), max_epochs=9, eta=3), **kw
+    )
+
+
+def test_rank0_outside_quota_continues() -> None:
+    # eta=3. "a" and "b" trade off (a: accurate, b: cheap); "c" is dominated by "a"; "d" lies
+    # between a and b on the front.
+    s = _plain()
+    assert _at_rung(s, "a", acc=0.9, cost=10.0) == "continue"  # alone
+    assert _at_rung(s, "b", acc=0.5, cost=2.0) == "continue"  # n=2, quota 1, but rank 0
+    assert _at_rung(s, "c", acc=0.8, cost=12.0) == "stop"  # dominated by a: rank 1
+    # Rank 0 in the middle of the front: crowding puts the extremes a and b first, so its
+    # position is 2 while the quota is ceil(4/3) = 2; it continues because it is non-dominated.
+    assert _at_rung(s, "d", acc=0.7, cost=5.0) == "continue"
+    assert s.stopped == {"c": 3}
+    # The same arrivals under the quota alone (promote_front=False): b and d stop.
+    q = _plain(promote_front=False)
+    got = [_at_rung(q, t, acc, cost) for t, acc, cost in
+           [("a", 0.9, 10.0), ("b", 0.5, 2.0), ("c", 0.8, 12.0), ("d", 0.7, 5.0)]]
+    assert got == ["continue", "stop", "stop", "stop"]
+
+
+def test_dominated_still_stops_with_promote_front() -> None:
+    s = _plain()
+    assert _at_rung(s, "a", 0.9, 1.0) == "continue"
+    # Each newcomer is dominated by a (rank >= 1) and sits last: position n-1 >= ceil(n/3).
+    for i in range(5):
+        assert _at_rung(s, f"w{i}", 0.8 - 0.1 * i, 2.0 + i) == "stop"
+    assert sorted(s.stopped) == [f"w{i}" for i in range(5)]
+
+
+def test_quota_grows_once_mature() -> None:
+    s = _plain(promote_front=False)  # defaults: mature_at 0.5, mature_factor 2
+    assert [s.quota(n) for n in (1, 2, 3, 4, 6, 7)] == [1, 1, 1, 2, 2, 3]
+    s.set_progress(0.49)
+    assert not s.mature and s.quota(4) == 2
+    s.set_progress(0.5)
+    assert s.mature
+    assert [s.quota(n) for n in (1, 2, 3, 4, 6, 7)] == [1, 2, 2, 3, 4, 5]  # ceil(2n/3)
+    s.set_progress(7.0)  # clipped
+    assert s.progress == 1.0
+    s.set_progress(float("nan"))  # ignored
+    assert s.progress == 1.0
+    never = _plain(mature_at=None)
+    never.set_progress(1.0)
+    assert not never.mature and never.quota(4) == 2
+    all_go = _plain(mature_factor=3.0)  # no stopping at all once mature (eta 3)
+    all_go.set_progress(0.8)
+    assert [all_go.quota(n) for n in (1, 2, 5)] == [1, 2, 5]
+
+
+def test_mature_decisions_on_hand_made_rung() -> None:
+    # A line of dominance (each newcomer worse than all before): position n-1, never rank 0.
+    arrivals = [(f"t{i}", 0.9 - 0.1 * i, 1.0 + i) for i in range(4)]
+    early, late = _plain(), _plain()
+    late.set_progress(0.6)
+    assert [_at_rung(early, *a) for a in arrivals] == ["continue", "stop", "stop", "stop"]
+    # Mature: quota ceil(2n/3) = 1, 2, 2, 3 -> positions 0, 1, 2, 3 -> C, C, S, S.
+    assert [_at_rung(late, *a) for a in arrivals] == ["continue", "continue", "stop", "stop"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [({"mature_at": 1.5}, "mature_at must be in"), ({"mature_factor": 0.5}, "mature_factor")],
+)
+def test_bad_settings(kw: dict, match: str) -> None:
+    with pytest.raises(StudyError, match=match):
+        _plain(**kw)
+
+
+@pytest.mark.parametrize(
+    ("eta", "max_epochs", "rungs"),
+    [(3, 10, (1, 3, 9)), (3, 8, (1, 3)), (3, 30, (3, 9, 27)), (3, 100, (11, 33, 99)),
+     (2, 10, (2, 4, 8)), (3, 1, ())],
+)
+def test_default_schedule(eta: int, max_epochs: int, rungs: tuple[int, ...]) -> None:
+    assert RungSchedule.default(eta, max_epochs).rungs == rungs
+
+
+def test_adapter_passes_options_and_progress(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    sched = _asha(state_path=path, promote_front=False, mature_at=0.25)
+    assert sched.rungs.promote_front is False and sched.rungs.mature_at == 0.25
+    sched.set_progress(0.3)
+    assert sched.rungs.mature
+    sched.on_trial_result(None, _FakeTrial("a"), {"epoch": 3, "acc": 0.9, "cost": 1.0})
+    sched.restore(str(path))  # the options and the progress survive a restore
+    assert sched.rungs.promote_front is False and sched.rungs.mature
+    assert _asha(state_path=path, mature_at=0.25).rungs.rung_table() == sched.rungs.rung_table()

@@ -62,7 +62,7 @@ def test_small_study_records_every_trial_front_and_baseline(home: Path) -> None:
 
 
 def test_kill_9_of_the_driver_then_the_same_command_finishes_without_duplicates(home: Path) -> None:
-    args = ["search", DIGITS, "--trials", "12", "--epochs", "4", "--no-early-stop", "--name", "k"]
+    args = ["search", DIGITS, "--trials", "8", "--epochs", "4", "--no-early-stop", "--name", "k"]
     env = {**os.environ, "AUTOTUNE_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "autotune", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -73,22 +73,22 @@ def test_kill_9_of_the_driver_then_the_same_command_finishes_without_duplicates(
             time.sleep(1)
             if (study.dir / "optuna.db").exists():
                 try:
-                    if len(study.trial_views()) >= 4:
+                    if len(study.trial_views()) >= 3:
                         break
                 except Exception:
                     continue  # the storage is being created
         else:
-            pytest.fail("the study never got 4 trials done")
+            pytest.fail("the study never got 3 trials done")
     finally:
         proc.send_signal(signal.SIGKILL)  # the driver only, mid-study
         proc.wait()
     done_before = len(study.trial_views())
-    assert done_before < 12
+    assert done_before < 8
     out = autotune(*args, home=home)
     assert "Resuming" in out.stdout or "interrupted" in out.stdout.lower()
     views = Study("k", home).trial_views()
-    assert len(views) == 12
-    assert len({v.number for v in views}) == 12
+    assert len(views) == 8
+    assert len({v.number for v in views}) == 8
     assert sum(v.baseline for v in views) == 1
     numbers = sorted(int(r.data.tags["autotune.trial_number"]) for r in children(home, "k"))
     assert numbers == sorted(v.number for v in views), "MLflow must hold each trial exactly once"
