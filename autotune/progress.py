@@ -56,7 +56,9 @@ class Progress:
         qualities = [t.metrics[self.quality.metric] for t in front.eligible]
         if qualities:
             self.best = max(qualities) if self.quality.direction == "max" else min(qualities)
-        self.refresh(force=True)
+        # Throttled like every redraw: short trials end many times a second, and the controller's
+        # next step (or the closing redraw) shows this one within half a second.
+        self.refresh()
 
     def refresh(self, running: int | None = None, force: bool = False) -> None:
         if running is not None:

@@ -34,6 +34,7 @@ class StudyRecorder:
         self.study = study
         self.recorder = recorder
         self._logged_path = study.dir / "logged.json"
+        self._front_members: frozenset[int] | None = None
         try:
             self.logged: set[int] = set(json.loads(self._logged_path.read_text()))
         except (OSError, ValueError):
@@ -84,9 +85,13 @@ class StudyRecorder:
     def trial(self, view: TrialView, front: Front) -> None:
         self.recorder.log_trial(self._record(view))
         self._mark(view.number)
-        # Every trial, not only finished ones: a stopped or failed child gets its pareto=false tag
-        # now, and the front tags stay current while the study runs.
-        self.recorder.set_front(front.ranks)
+        # A new child is created with pareto=false, so the tags only need sending when the front's
+        # membership changes: set_front lists every child run, a cost that grows with the study.
+        # Dominated trials' pareto_rank tags are refreshed then and by finish().
+        members = frozenset(n for n, r in front.ranks.items() if r == 0)
+        if members != self._front_members:
+            self.recorder.set_front(front.ranks)
+            self._front_members = members
 
     def finish(self, front: Front, status: str | None = None) -> int:
         """Front tags, pareto.csv/html/png, hypervolume over trials and summary metrics on the parent;

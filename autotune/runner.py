@@ -21,8 +21,14 @@ from rich.console import Console
 
 from autotune.contract import ModelFile, load_model_file
 from autotune.errors import AutotuneError, StudyError
-from autotune.objectives import (MEASURED, Constraint, Objective, check_measured, parse_constraint,
-                                 parse_objective)
+from autotune.objectives import (
+    MEASURED,
+    Constraint,
+    Objective,
+    check_measured,
+    parse_constraint,
+    parse_objective,
+)
 from autotune.policy import Policy
 from autotune.study import Study, StudyConfig
 from autotune.tracking import redact_uri

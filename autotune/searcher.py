@@ -32,7 +32,7 @@ class _Live:
     policy: Policy
     baseline: bool
     ot: optuna.trial.Trial | None
-    record_id: int | None = None  # the trial's id in the study's storage, when `ot` is the sampler's copy
+    record_id: int | None = None  # its id in the study's storage when `ot` is the sampler's copy
     started: float = field(default_factory=time.time)
     last: dict[str, Any] = field(default_factory=dict)
     curves: list[dict[str, float]] = field(default_factory=list)
@@ -52,7 +52,7 @@ class PolicySearcher(Searcher):
     trial with its params when it is asked for, its state, values and attributes when it ends.
     Sampling straight on the database read the running trials back and committed every param on
     its own, ~40 ms per trial on the driver's thread; Ray Tune's loop waits on that, which made
-    `autotune search` 2.7x a bare Ray Tune run of the same no-op trials (scripts/bench_overhead.py).
+    `autotune search` 2.7x a bare Ray Tune run of the same no-op trials (bench_overhead.py).
     """
 
     def __init__(self, *, study: optuna.Study, space: SearchSpace, base: Policy,
@@ -156,9 +156,13 @@ class PolicySearcher(Searcher):
             return ot, self.space.suggest(ot), rec._trial_id, rec.number
         ot = self.sampler_study.ask()
         overrides = self.space.suggest(ot)
-        record_id = storage.create_new_trial(self.study._study_id, template_trial=optuna.trial.create_trial(
-            state=TrialState.RUNNING, params=ot.params, distributions=ot.distributions))
-        return ot, overrides, record_id, storage.get_trial_number_from_id(record_id)
+        running = optuna.trial.create_trial(state=TrialState.RUNNING, params=ot.params,
+                                            distributions=ot.distributions)
+        record_id = storage.create_new_trial(self.study._study_id, template_trial=running)
+        # Optuna's cached storage knows the new trial's number; asking the database is a query.
+        known = getattr(storage, "_trial_id_to_study_id_and_number", {}).get(record_id)
+        number = known[1] if known else storage.get_trial_number_from_id(record_id)
+        return ot, overrides, record_id, number
 
     # ---- telling -----------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -237,12 +241,14 @@ class PolicySearcher(Searcher):
         ot = live.ot
         assert ot is not None
         if live.record_id is not None:  # the study gets the record, the sampler's copy the result
-            _set_attrs(self.study, live.record_id, attrs, constraints)
-            self.study._storage.set_trial_state_values(
-                live.record_id, TrialState.FAIL if values is None else TrialState.COMPLETE, values)
-            for k, v in constraints.items():
-                ot.storage.set_trial_system_attr(ot._trial_id, f"constraints:{k}", float(v))
-            self.sampler_study.tell(ot, state=TrialState.FAIL) if values is None else \
+            end = (TrialState.FAIL, None) if values is None else (TrialState.COMPLETE, values)
+            _set_attrs(self.study, live.record_id, attrs, constraints, end=end)
+            for k, v in constraints.items():  # in memory: what a constrained sampler reads
+                self.sampler_study._storage.set_trial_system_attr(
+                    ot._trial_id, f"constraints:{k}", float(v))
+            if values is None:
+                self.sampler_study.tell(ot, state=TrialState.FAIL)
+            else:
                 self.sampler_study.tell(ot, values)
             assert live.number is not None
             return live.number
@@ -318,8 +324,10 @@ def _sampler_copy(study: optuna.Study) -> optuna.Study:
 
 
 def _set_attrs(study: optuna.Study, trial_id: int, user: dict[str, Any],
-               constraints: dict[str, float]) -> None:
-    """A trial's user attributes and constraint values in one storage transaction.
+               constraints: dict[str, float],
+               end: tuple[TrialState, list[float] | None] | None = None) -> None:
+    """A trial's user attributes and constraint values in one storage transaction, and with
+    `end` its final state and values too (what `Study.tell` would write in one more).
 
     Optuna commits every `set_user_attr` / `set_constraint` on its own; on SQLite each commit is
     an fsync, which made the tell of a trial cost ~2x the sampler's own ask/tell
@@ -341,11 +349,22 @@ def _set_attrs(study: optuna.Study, trial_id: int, user: dict[str, Any],
             for key, value in system.items():
                 backend._set_trial_attr_without_commit(
                     session, models.TrialSystemAttributeModel, trial_id, key, value)
+            if end is not None:  # as RDBStorage.set_trial_state_values does it
+                from datetime import datetime
+
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                backend.check_trial_is_updatable(trial_id, trial.state)
+                for objective, v in enumerate(end[1] or ()):
+                    backend._set_trial_value_without_commit(session, trial, objective, v)
+                trial.state = end[0]
+                trial.datetime_complete = datetime.now()
         return
     for key, value in user.items():
         storage.set_trial_user_attr(trial_id, key, value)
     for key, value in system.items():
         storage.set_trial_system_attr(trial_id, key, value)
+    if end is not None:
+        storage.set_trial_state_values(trial_id, end[0], end[1])
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:

@@ -109,6 +109,10 @@ def _client(uri: str) -> Any:
     from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
+    # mlflow sets its logger to INFO when imported and then announces table creation on a new
+    # store; that is MLflow's business, not the user's, so only warnings get through.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     root = _artifact_root(uri)
     if root is not None:
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -375,7 +379,10 @@ class Recorder:
             run = self._client.create_run(
                 self._experiment(study), start_time=base, run_name=f"trial-{n}",
                 tags={"mlflow.parentRunId": parent, "autotune.study": study,
-                      "autotune.role": "trial", "autotune.trial_number": str(n)})
+                      "autotune.role": "trial", "autotune.trial_number": str(n),
+                      # off the front until a front update says otherwise, so the recorder
+                      # only has to send front updates when the front itself changes
+                      "autotune.pareto": "false"})
         run_id = run.info.run_id
         self._children[(study, n)] = run_id
         tags = {"autotune.status": op["status"], "autotune.stopped_at_epoch": op["stopped"],

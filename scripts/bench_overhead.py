@@ -6,6 +6,11 @@ vs raw Optuna ask/tell, MLflow on vs off.
 Every variant runs the same 200 trials of scripts/bench_models/noop/model.py's work (3 epochs of
 synthetic metrics, no torch), 2 CPUs (2 concurrent trials), in one process after another; the
 variants are interleaved over --rounds so that machine noise hits each side alike.
+
+The peer is the same Tune set-up: 1 CPU per trial, max_concurrent_trials=2, reuse_actors=True,
+one tune.report per epoch (3 per trial), Ray's default result loggers, a fresh ray.init and
+ray.shutdown inside the timed span, Optuna's TPE as autotune builds it over the same space. The
+driver-side imports (torch, Ray Tune, Optuna, autotune) are done once before anything is timed.
 """
 
 from __future__ import annotations
@@ -66,12 +71,12 @@ def run_bare_ray(trials: int, seed: int) -> dict:
 
     _quiet()
     import ray
+    from model import metrics_at  # scripts/bench_models/noop/model.py
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     from autotune.sampler import make_sampler
     from autotune.space import SearchSpace
-    from model import metrics_at  # scripts/bench_models/noop/model.py
 
     # Ray's workers inherit the driver's environment: let them import the no-op model too.
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -109,10 +114,10 @@ def run_bare_ray(trials: int, seed: int) -> dict:
 def run_raw_optuna(trials: int, seed: int, storage: bool) -> dict:
     """Raw Optuna ask/tell with the same sampler, space and storage kind as autotune's driver."""
     import optuna
+    from model import metrics_at
 
     from autotune.sampler import make_sampler
     from autotune.space import SearchSpace
-    from model import metrics_at
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace.load(SPACE)
@@ -136,6 +141,21 @@ def run_raw_optuna(trials: int, seed: int, storage: bool) -> dict:
     return {"sampler_s_per_trial": t_total / trials}
 
 
+def _warm_imports() -> None:
+    """Both sides' driver-side imports, before anything is timed: whichever variant ran first
+    would otherwise pay alone for importing torch, Ray Tune and Optuna (2-3 s here)."""
+    import optuna  # noqa: F401
+    import ray.tune  # noqa: F401
+    import ray.tune.search.optuna  # noqa: F401
+
+    import autotune.progress  # noqa: F401
+    import autotune.recording  # noqa: F401
+    import autotune.runner  # noqa: F401
+    import autotune.scheduler  # noqa: F401
+    import autotune.searcher  # noqa: F401
+    import autotune.trainer  # noqa: F401
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=200)
@@ -144,6 +164,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     only = set(a.only or ["ray", "sampler", "mlflow"])
+    _warm_imports()
     res: dict[str, list] = {"autotune": [], "bare_ray": [], "autotune_mlflow": [],
                             "optuna_sqlite": [], "optuna_memory": []}
     for r in range(a.rounds):

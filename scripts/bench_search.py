@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import HV, ROOT, TABLES, Replay, command, final_vector, load_table, machine, versions  # noqa: E402
+from benchlib import HV, ROOT, Replay, command, final_vector, machine, versions  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 1.0)
 METHODS = ("autotune", "autotune-asha", "autotune-noES", "optuna-motpe", "optuna-nsga2", "random",
