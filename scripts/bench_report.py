@@ -98,9 +98,12 @@ def overhead(d: dict) -> str:
         "MLflow on vs off: the 1x measured before the sampler fix did not survive it. Recording runs on "
         "the driver's thread, ~140 ms of CPU per trial in a 100-trial profile (py-spy), three quarters "
         "of it `Recorder.set_front`: after every trial it lists all of the study's child runs from "
-        "MLflow (`search_runs`) to update their Pareto tags, so it grows with the study. Not fixed "
-        "here; the next step is to send front tags only when the front changes, to the run ids the "
-        "recorder already knows.", ""])
+        "MLflow (`search_runs`) to update their Pareto tags, so it grows with the study. Fixed "
+        "after that profile: a new child run is created with `autotune.pareto=false` and the recorder "
+        "sends front tags only when the front's membership changes (`recording.StudyRecorder.trial`); "
+        "that took MLflow on vs off from 2.76x to 1.61x (2 rounds). What remains is one `log_batch` + "
+        "`set_terminated` per trial on the driver's thread; moving the MLflow writer to a background "
+        "thread (the spool already makes it safe) is the next step.", ""])
 
 
 def _versions(d: dict) -> str:
