@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 import autotune
-from autotune.runner import SearchOptions, _model_path, _runtime_env
+from autotune.runner import SearchOptions, _runtime_env
 from autotune.study import Study
+from autotune.trainable import _model_path
 
 
 def test_local_ray_ships_nothing(tmp_path: Path) -> None:
