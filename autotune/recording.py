@@ -17,9 +17,10 @@ from autotune.tracking import Recorder, TrialRecord, redact_uri, resolve_trackin
 _PACKAGES = ("autotune", "torch", "optuna", "ray", "mlflow", "torch-pruning", "numpy")
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    """Python's and the installed packages' versions (absent packages are left out)."""
     out = {"python": platform.python_version()}
-    for name in _PACKAGES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

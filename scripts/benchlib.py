@@ -8,7 +8,6 @@ import math
 import platform
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -129,13 +128,9 @@ def machine() -> dict[str, str]:
 
 def versions(names: tuple[str, ...] = ("torch", "ray", "optuna", "mlflow", "syne-tune", "numpy",
                                        "moocore")) -> dict[str, str]:
-    out = {}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    from autotune.recording import package_versions
+
+    return {k: v for k, v in package_versions(names).items() if k != "python"}
 
 
 def command() -> str:

@@ -20,24 +20,13 @@ from typer.testing import CliRunner
 
 from autotune.cli import app
 from autotune.study import Study
-from tests.conftest import STUDIES
+from tests.conftest import STUDIES, TINY_MODEL
 
 pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DIGITS = STUDIES / "digits" / "model.py"
 
-GOOD = """
-import torch
-from torch import nn
-
-def build_model(hp):
-    return nn.Linear(4, 3)
-
-def datasets():
-    x = torch.randn(20, 4)
-    y = torch.randint(0, 3, (20,))
-    return (x, y), (x[:5], y[:5])
-"""
+GOOD = TINY_MODEL
 DATASETS_ONLY = GOOD.split("def build_model")[0] + "def datasets():\n    return [], []\n"
 
 MODELS = {

@@ -9,21 +9,11 @@ import torch
 from typer.testing import CliRunner
 
 from autotune.cli import app
+from tests.conftest import TINY_MODEL
 
 DIGITS = Path(__file__).resolve().parents[1] / "studies" / "digits" / "model.py"
 
-TINY = """
-import torch
-from torch import nn
-
-def build_model(hp):
-    return nn.Linear(4, 3)
-
-def datasets():
-    x = torch.randn(20, 4)
-    y = torch.randint(0, 3, (20,))
-    return (x, y), (x[:5], y[:5])
-"""
+TINY = TINY_MODEL
 
 
 def _run(*args: str) -> tuple[int, str, BaseException | None]:

@@ -10,19 +10,9 @@ import torch
 
 from autotune.contract import load_model_file
 from autotune.errors import ContractError
+from tests.conftest import TINY_MODEL
 
-GOOD = """
-import torch
-from torch import nn
-
-def build_model(hp):
-    return nn.Linear(4, 3)
-
-def datasets():
-    x = torch.randn(20, 4)
-    y = torch.randint(0, 3, (20,))
-    return (x, y), (x[:5], y[:5])
-"""
+GOOD = TINY_MODEL
 
 # (name, model.py source, phase, expected message fragment). phase: load | datasets | build
 CASES = [
