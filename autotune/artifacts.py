@@ -43,26 +43,32 @@ def write_front_files(front: Front, folder: Path, title: str) -> dict[str, Path]
 
 
 def _html(df: pd.DataFrame, x: str, y: str, title: str, path: Path) -> None:
-    import plotly.graph_objects as go
+    # Plain figure dicts written unvalidated: building it through plotly.graph_objects (validators,
+    # the plotly_white template) took ~1 s at the end of every study (scripts/bench_overhead.py).
+    import plotly.io as pio
 
-    def trace(mask: pd.Series, name: str, **marker: object) -> go.Scatter:
+    def trace(mask: pd.Series, name: str, **marker: object) -> dict[str, object]:
         part = df[mask]
-        return go.Scatter(
-            x=part[x], y=part[y], mode="markers", name=name, marker=marker,
-            customdata=part[["trial", "policy"]].values,
-            hovertemplate="trial %{customdata[0]}<br>" + f"{x}=%{{x}}<br>{y}=%{{y}}"
-            "<br>%{customdata[1]}<extra></extra>")
+        return {"type": "scatter", "x": part[x].tolist(), "y": part[y].tolist(), "mode": "markers",
+                "name": name, "marker": marker,
+                "customdata": part[["trial", "policy"]].values.tolist(),
+                "hovertemplate": "trial %{customdata[0]}<br>" + f"{x}=%{{x}}<br>{y}=%{{y}}"
+                "<br>%{customdata[1]}<extra></extra>"}
 
-    fig = go.Figure([
+    front = df[df.on_front].sort_values(x)
+    data = [
         trace(~df.on_front & ~df.baseline, "dominated", color="lightgray", size=8),
         trace(df.on_front & ~df.baseline, "Pareto front", color="crimson", size=11),
         trace(df.baseline, "baseline (default policy)", color="black", size=14, symbol="star"),
-    ])
-    front = df[df.on_front].sort_values(x)
-    fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", line={"shape": "hv", "color": "crimson"},
-                             showlegend=False, hoverinfo="skip"))
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white")
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+        {"type": "scatter", "x": front[x].tolist(), "y": front[y].tolist(), "mode": "lines",
+         "line": {"shape": "hv", "color": "crimson"}, "showlegend": False, "hoverinfo": "skip"},
+    ]
+    axis = {"gridcolor": "#ebf0f8", "zeroline": False}
+    layout = {"title": {"text": title}, "xaxis": {"title": {"text": x}, **axis},
+              "yaxis": {"title": {"text": y}, **axis}, "plot_bgcolor": "white",
+              "paper_bgcolor": "white"}
+    pio.write_html({"data": data, "layout": layout}, str(path), include_plotlyjs=True,
+                   full_html=True, validate=False)
 
 
 def _png(df: pd.DataFrame, x: str, y: str, title: str, path: Path) -> None:

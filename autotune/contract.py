@@ -12,12 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-
-import torch
-from torch.utils.data import Dataset, TensorDataset
+from typing import TYPE_CHECKING, Any
 
 from autotune.errors import AutotuneError, ContractError
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
+
+# torch is imported where a function needs it: a custom loop that never imports torch runs in a
+# Ray worker without it (~1 s of CPU a worker: scripts/bench_overhead.py).
 
 _FIX = "see the model.py contract in README.md (section 'Writing model.py')."
 Directions = ("min", "max")
@@ -37,6 +41,8 @@ class ModelFile:
 
     # ---- the user's functions, wrapped so their failures name the file and function ------------
     def build_model(self, hp: dict[str, Any]) -> torch.nn.Module:
+        import torch
+
         model = self._call("build_model", dict(hp))
         if not isinstance(model, torch.nn.Module):
             raise ContractError(
@@ -52,6 +58,8 @@ class ModelFile:
     def loss(self, outputs: Any, targets: Any, label_smoothing: float = 0.0) -> torch.Tensor:
         fn = getattr(self.module, "loss_fn", None)
         if fn is None:
+            import torch
+
             return torch.nn.functional.cross_entropy(
                 outputs, targets, label_smoothing=label_smoothing
             )
@@ -216,6 +224,9 @@ def _import(path: Path) -> ModuleType:
 
 
 def _as_datasets(path: Path, value: Any) -> tuple[Dataset, Dataset]:
+    import torch
+    from torch.utils.data import Dataset, TensorDataset
+
     if not isinstance(value, tuple | list) or len(value) != 2:
         raise ContractError(
             f"{path}: datasets() returned {_describe(value)}, but it must return a pair "

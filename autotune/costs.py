@@ -10,11 +10,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: a worker running a custom loop that never imports torch
+# (scripts/bench_overhead.py's no-op model) measures time, memory and energy without it.
 
 # Names of autotune's own metrics, kept in one place so user metrics can't shadow them.
 COST_METRICS = (
@@ -32,8 +36,14 @@ COST_METRICS = (
 GROWING_COSTS = ("train_time_s", "train_flops", "energy_j")
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
+def _device_type(device: torch.device | str) -> str:
+    return device if isinstance(device, str) else device.type
+
+
+def synchronize(device: torch.device | str) -> None:
+    if _device_type(device) == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
 
 
@@ -41,6 +51,8 @@ def train_step_flops(
     model: torch.nn.Module, loss_of: Callable[[Any, Any], torch.Tensor], xb: Any, yb: Any
 ) -> int:
     """FLOPs of one forward+backward pass over the batch (torch's own counter, exact for matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter:
         loss = loss_of(model(xb), yb)
         loss.backward()
@@ -49,6 +61,9 @@ def train_step_flops(
 
 
 def forward_flops(model: torch.nn.Module, x: Any) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return int(counter.get_total_flops())
@@ -64,6 +79,8 @@ def latency_ms(
     budget_s: float = 1.0,
 ) -> float:
     """Median wall time of one forward pass, device-synchronised, bounded by a time budget."""
+    import torch
+
     times: list[float] = []
     with torch.inference_mode():
         for _ in range(warmup):
@@ -82,6 +99,8 @@ def latency_ms(
 
 def param_counts(model: torch.nn.Module) -> tuple[int, int]:
     """(parameters, non-zero parameters) of a float model."""
+    import torch
+
     total = nonzero = 0
     for p in model.parameters():
         total += p.numel()
@@ -91,6 +110,8 @@ def param_counts(model: torch.nn.Module) -> tuple[int, int]:
 
 def model_size_mb(model: torch.nn.Module) -> float:
     """Bytes of the serialised state dict at its deployed precision (int8 packs count as stored)."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.getbuffer().nbytes / 1e6
@@ -128,8 +149,9 @@ class PeakMemory:
     a few per cent on a 2-core machine (it wakes 200×/s and takes the GIL), hence the kernel way.
     """
 
-    def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
+    def __init__(self, device: torch.device | str, interval_s: float = 0.005) -> None:
         self.device = device
+        self._cuda = _device_type(device) == "cuda"
         self.interval_s = interval_s
         self.peak_mb = 0.0
         self._stop = threading.Event()
@@ -137,7 +159,9 @@ class PeakMemory:
         self._kernel = False
 
     def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
+        if self._cuda:
+            import torch
+
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
@@ -157,7 +181,9 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
+        if self._cuda:
+            import torch
+
             peak = torch.cuda.max_memory_allocated(self.device)
         elif self._kernel:
             peak = max(_kernel_peak_rss() or 0, psutil.Process().memory_info().rss)
@@ -187,16 +213,19 @@ def _nvml_handle(pynvml: Any, index: int) -> Any:
 class EnergyMeter:
     """Energy from NVML (GPU) or RAPL (CPU package) counters; `joules` is None where neither is readable."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device | str) -> None:
         self.device = device
         self.joules: float | None = None
-        self._read: Callable[[], float] | None = self._nvml_reader() if device.type == "cuda" else None
-        if self._read is None and device.type == "cpu":
+        kind = _device_type(device)
+        self._read: Callable[[], float] | None = self._nvml_reader() if kind == "cuda" else None
+        if self._read is None and kind == "cpu":
             self._read = self._rapl_reader()
 
     def _nvml_reader(self) -> Callable[[], float] | None:
         try:
             import pynvml
+
+            import torch
 
             pynvml.nvmlInit()
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shlex
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from autotune.errors import TrackingError
 from autotune.results import Front
 from autotune.study import Study, StudyConfig, TrialView
 from autotune.tracking import Recorder, TrialRecord, redact_uri, resolve_tracking_uri
@@ -44,7 +47,7 @@ class StudyRecorder:
     @classmethod
     def open(cls, study: Study, config: StudyConfig, opts: Any, mf: Any, space: Any) -> StudyRecorder:
         uri = resolve_tracking_uri(getattr(opts, "tracking_uri", None), study.home)
-        rec = Recorder(uri, study.name, study.spool_dir)
+        rec = Recorder(uri, study.name, study.spool_dir, background=True)
         params = {
             "model_file": config.model_file, "objectives": ", ".join(f"{m}:{d}" for m, d in config.objectives),
             "constraints": ", ".join(f"{m}{op}{b:g}" for m, op, b in config.constraints) or "none",
@@ -109,8 +112,8 @@ class StudyRecorder:
         # hypervolume_history uses), so finishing the same study again adds no duplicate point.
         ended = [int((t.ended or 0) * 1000) or None for t in
                  sorted(front.eligible, key=lambda t: (t.ended or 0, t.number))]
-        for (step, hv), ts in zip(history[:-1], ended, strict=False):
-            self.recorder.log_study_summary({"hypervolume": hv}, {}, step=step, timestamp_ms=ts)
+        series = [("hypervolume", hv, ts or int(time.time() * 1000), step)
+                  for (step, hv), ts in zip(history[:-1], ended, strict=False)]
         summary: dict[str, float] = {"front_size": float(len(front.members)),
                                      "trials_eligible": float(len(front.eligible))}
         if history:
@@ -128,18 +131,21 @@ class StudyRecorder:
                 summary.setdefault("best_cost_ratio", ratio)  # the first cost objective's
                 summary.setdefault("best_cost_trial", float(best.number))
         self.recorder.log_study_summary(summary, files, step=history[-1][0] if history else None,
-                                        timestamp_ms=ended[-1] if ended else None)
+                                        timestamp_ms=ended[-1] if ended else None, series=series)
         if status is not None:
             self.recorder.end_study(status)
         # Patient while the server takes records (a backlog after an outage can take longer than
         # one window on a busy server); gives up after a window without progress.
         left = self.recorder.pending()
-        while not self.recorder.flush(timeout_s=10):
-            now = self.recorder.pending()
-            if now >= left:
-                return now
-            left = now
-        return 0
+        try:
+            while not self.recorder.flush(timeout_s=10):
+                now = self.recorder.pending()
+                if now >= left:
+                    return now
+                left = now
+            return 0
+        finally:
+            self.recorder.close()
 
     def unsent_message(self, left: int) -> str:
         """What to tell the user when the study ends while MLflow is unreachable."""
@@ -153,7 +159,13 @@ class StudyRecorder:
     def fail(self) -> None:
         """The driver died of an error: the parent run says FAILED (a resume marks it RUNNING)."""
         self.recorder.end_study("FAILED")
-        self.recorder.flush(timeout_s=5)
+        with contextlib.suppress(TrackingError):  # the store never opened: it stays spooled
+            self.recorder.flush(timeout_s=5)
+        self.recorder.close()
+
+    def ready(self) -> None:
+        """Before the first trial: the store is open (TrackingError if it cannot be)."""
+        self.recorder.ready()
 
     @property
     def tracking_uri(self) -> str:

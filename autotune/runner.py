@@ -289,6 +289,8 @@ def _drive(opts: SearchOptions, console: Console, study: Study, config: StudyCon
                       f"{len(rerun)} interrupted trial(s) will run again ({rerun}).")
     ray = _init_ray(opts, _runtime_env(opts, mf, study))
     try:
+        if recorder:
+            recorder.ready()
         return _tune(opts, console, study, config, mf, base, objectives, constraints, space,
                      schedule, ostudy, views, recorder, ray, t_start)
     except Exception:

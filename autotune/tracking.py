@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import numbers
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -122,11 +125,38 @@ def _client(uri: str) -> Any:
         # Opening a SQLite store creates or migrates its tables; two studies starting at once in
         # one home would race there (alembic: "expected to match one row"): one at a time.
         with FileLock(str(root.parent / ".mlflow.db.lock")):
-            return MlflowClient(tracking_uri=uri)
+            client = MlflowClient(tracking_uri=uri)
+            _sqlite_wal(client)
+            return client
     except Exception as e:
         raise TrackingError(f"Cannot open the MLflow store {redact_uri(uri)}: "
                             f"{_redact_text(str(e))}",
                             fix="check --tracking-uri / MLFLOW_TRACKING_URI.") from e
+
+
+def _sqlite_wal(client: Any) -> None:
+    """The SQLite MLflow store in WAL mode with synchronous=NORMAL, as autotune's Optuna storage.
+
+    MLflow commits several times a call, and with SQLite's rollback journal every commit is an
+    fsync: three quarters of the driver's recording time in a profile of 200 trials
+    (scripts/bench_overhead.py). In WAL mode a commit is an append; a killed process loses
+    nothing committed, only a power loss may lose the last ones. WAL is a property of the file,
+    kept for `mlflow ui` and every later reader; synchronous is set on each connection.
+    """
+    import sqlalchemy
+
+    engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
+    if engine is None or engine.dialect.name != "sqlite":
+        return
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    engine.dispose()  # pooled connections made before the listener get the pragmas too
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -149,7 +179,7 @@ class Recorder:
     """The study's one MLflow writer: spool first (fsync'ed JSONL), then apply, then forget."""
 
     def __init__(self, tracking_uri: str, study_name: str, spool_dir: Path,
-                 http_timeout_s: int = 3) -> None:
+                 http_timeout_s: int = 3, background: bool = False) -> None:
         if not re.fullmatch(r"[\w.\- ]+", study_name):
             raise TrackingError(f"Study name {study_name!r} cannot name an MLflow experiment.",
                                 fix="use letters, digits, '_', '-', '.' and spaces.")
@@ -160,14 +190,47 @@ class Recorder:
         self._http_timeout = http_timeout_s
         from filelock import FileLock
 
+        # A drain holds _lock and the spool's lock while it talks to MLflow (the sender process
+        # and the study's own flush take turns); an append takes only the append lock, which a
+        # drain takes too, briefly, to rewrite the file: a study never waits on MLflow.
         self._lock = threading.RLock()
-        self._flock = FileLock(str(self.spool_dir / ".lock"))  # a second process on this spool
-        self._client = _client(tracking_uri)
+        self._flock = FileLock(str(self.spool_dir / ".lock"))
+        self._append_lock = FileLock(str(self.spool_dir / ".append.lock"))
+        self._client: Any = None
         self._exp: dict[str, str] = {}
         self._parents: dict[str, str] = {}
         self._children: dict[tuple[str, int], str] = {}
+        self._listed: set[str] = set()  # studies whose child runs are all in _children
+        self._front_tags: dict[tuple[str, int], dict[str, str]] = {}  # a child's pareto tags
         self._retry_at, self._delay, self._outage = 0.0, 1.0, False
-        self._drain(time.monotonic() + _CALL_BUDGET_S)  # whatever a previous process left
+        self._sender: subprocess.Popen[bytes] | None = None
+        self._opened = threading.Event()
+        self._open_error: TrackingError | None = None
+        if not background:
+            self._client = _client(tracking_uri)
+            self._opened.set()
+            self._drain(time.monotonic() + _CALL_BUDGET_S)  # whatever a previous process left
+            return
+        # Opening a new SQLite store creates its tables (~2 s of CPU): done beside the study's
+        # start-up (Ray's), and ready() before the first trial says whether it worked. The
+        # sender process sends what a previous process left.
+        threading.Thread(target=self._open, name="autotune-mlflow-open", daemon=True).start()
+        self._sender = self._start_sender()
+
+    def _open(self) -> None:
+        try:
+            self._client = _client(self.uri)
+        except TrackingError as e:
+            self._open_error = e
+        finally:
+            self._opened.set()
+
+    def ready(self) -> None:
+        """Wait until the store is open; a TrackingError (bad URI, unusable store) if it is not."""
+        self._opened.wait()
+        if self._open_error is not None:
+            self.close()
+            raise self._open_error
 
     # ---- public API: each call spools one operation, then tries to send the backlog ----
 
@@ -189,8 +252,10 @@ class Recorder:
         self._submit("front", ranks=[[int(n), int(r)] for n, r in ranks.items()])
 
     def log_study_summary(self, metrics: dict[str, float], artifacts: dict[str, Path],
-                          step: int | None = None, timestamp_ms: int | None = None) -> None:
-        """Parent-run metrics at `step` and files. A fixed `timestamp_ms` makes a replay (the same
+                          step: int | None = None, timestamp_ms: int | None = None,
+                          series: list[tuple[str, float, int, int]] | None = None) -> None:
+        """Parent-run metrics at `step`, a metric history (`series` of name, value, timestamp ms,
+        step; one request for all of it) and files. A fixed `timestamp_ms` makes a replay (the same
         summary logged again by a later run of the study) write identical rows, which MLflow
         deduplicates instead of doubling the history."""
         op_id = uuid.uuid4().hex
@@ -206,7 +271,8 @@ class Recorder:
                 os.fsync(f.fileno())
             blobs[name] = str(dst.relative_to(self.spool_dir))
         self._submit("summary", op_id=op_id, metrics=_metrics(metrics), step=step, blobs=blobs,
-                     mts=None if timestamp_ms is None else int(timestamp_ms))
+                     mts=None if timestamp_ms is None else int(timestamp_ms),
+                     series=[[_key(k), float(v), int(ts), int(st)] for k, v, ts, st in series or ()])
 
     def end_study(self, status: str = "FINISHED") -> None:
         if status not in ("FINISHED", "FAILED", "KILLED"):
@@ -216,6 +282,7 @@ class Recorder:
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Send what is pending, ignoring the outage back-off; True if nothing is left."""
+        self.ready()
         deadline = time.monotonic() + timeout_s
         while True:
             if self._drain(deadline) == 0:
@@ -225,35 +292,62 @@ class Recorder:
             time.sleep(0.5)  # e.g. a pooled connection to a restarted server failed once
 
     def pending(self) -> int:
-        with self._lock, self._flock:
+        with self._append_lock:
             return len(self._read()[0])
+
+    def close(self) -> None:
+        """Stop the sender process (what it has not sent stays spooled for the next flush)."""
+        sender, self._sender = self._sender, None
+        if sender is None:
+            return
+        with contextlib.suppress(OSError):
+            sender.stdin.close()  # type: ignore[union-attr]  # its cue to stop
+        try:
+            sender.wait(timeout=_CALL_BUDGET_S + self._http_timeout + 5)
+        except subprocess.TimeoutExpired:
+            sender.kill()  # mid-call: the op stays spooled and is applied again, idempotently
+            sender.wait()
+
+    def _start_sender(self) -> subprocess.Popen[bytes]:
+        """MLflow's client costs ~10 ms of CPU a trial on SQLite, more on a server. From a thread
+        of the driver it slowed Ray Tune's controller far more than that (it waits for the GIL
+        after every result: MLflow on vs off 1.6x, scripts/bench_overhead.py); a process of its
+        own works beside it. The spool is the hand-over: a record is on disk before the study's
+        call returns, the sender applies and removes it, and whatever it leaves (it died, the
+        server is down) the study's final flush or the next run sends."""
+        with open(self.spool_dir / "sender.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "autotune.tracking", self.uri, self.study,
+                 str(self.spool_dir), str(self._http_timeout)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
 
     # ---- the spool ----
 
     def _submit(self, kind: str, op_id: str | None = None, **data: Any) -> None:
         op = {"id": op_id or uuid.uuid4().hex, "kind": kind, "study": self.study,
               "ts": int(time.time() * 1000), **data}
-        with self._lock, self._flock:
+        with self._append_lock:
             _append(self._ops, op)
-        if time.monotonic() >= self._retry_at:
+        if self._sender is None and time.monotonic() >= self._retry_at:
             self._drain(time.monotonic() + _CALL_BUDGET_S)
 
-    def _read(self) -> tuple[list[dict[str, Any]], list[str]]:
+    def _lines(self) -> list[str]:
+        return self._ops.read_text(encoding="utf-8").splitlines() if self._ops.exists() else []
+
+    def _read(self, lines: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
         """The pending operations, and lines that do not parse (a write torn by a crash)."""
-        if not self._ops.exists():
-            return [], []
         ops, bad = [], []
-        for line in self._ops.read_text(encoding="utf-8").splitlines():
+        for line in self._lines() if lines is None else lines:
             try:
                 ops.append(json.loads(line))
             except json.JSONDecodeError:
                 bad.append(line)
         return ops, [b for b in bad if b.strip()]
 
-    def _rewrite(self, ops: list[dict[str, Any]]) -> None:
+    def _rewrite(self, lines: list[str]) -> None:
         tmp = self._ops.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(op) + "\n" for op in ops)
+            f.writelines(line + "\n" for line in lines)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._ops)
@@ -270,7 +364,9 @@ class Recorder:
     def _drain(self, deadline: float) -> int:
         """Apply spooled operations in order until one fails transiently or time is up."""
         with self._lock, self._flock:
-            ops, bad = self._read()
+            with self._append_lock:
+                lines = self._lines()
+            ops, bad = self._read(lines)
             for line in bad:
                 self._set_aside({"raw": line}, "unreadable spool line")
             done, sent = 0, []
@@ -289,7 +385,9 @@ class Recorder:
                     done += 1
             finally:
                 if done or bad:  # removed only now that MLflow has it (or refused it for good)
-                    self._rewrite(ops[done:])
+                    with self._append_lock:  # keep what was appended while this drain ran
+                        later = self._lines()[len(lines):]
+                        self._rewrite([json.dumps(op) for op in ops[done:]] + later)
                 for op_id in sent:
                     shutil.rmtree(self.spool_dir / "blobs" / op_id, ignore_errors=True)
             if done and done == len(ops):
@@ -325,6 +423,8 @@ class Recorder:
                 self._exp.clear()
                 self._parents.clear()
                 self._children.clear()
+                self._listed.clear()
+                self._front_tags.clear()
 
     # ---- applying operations (each idempotent: found by tag, deterministic timestamps) ----
 
@@ -367,13 +467,7 @@ class Recorder:
     def _do_trial(self, op: dict[str, Any]) -> None:
         study, n = op["study"], op["n"]
         parent = self._parent_id(study, op["ts"])
-        if (study, n) in self._children:
-            run = self._client.get_run(self._children[(study, n)])
-        else:
-            found = self._client.search_runs(
-                [self._experiment(study)], f"tags.`autotune.trial_number` = '{n}' and "
-                f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1)
-            run = found[0] if found else None
+        run = self._child(study, n, parent)
         base = int(op["start"] * 1000) if op["start"] else op["ts"]
         if run is None:
             run = self._client.create_run(
@@ -385,6 +479,7 @@ class Recorder:
                       "autotune.pareto": "false"})
         run_id = run.info.run_id
         self._children[(study, n)] = run_id
+        self._front_tags[(study, n)] = _pareto_tags(run.data.tags)
         tags = {"autotune.status": op["status"], "autotune.stopped_at_epoch": op["stopped"],
                 "autotune.error": op["error"], "autotune.ray_trial_id": op["ray"],
                 "autotune.node": op.get("node"), "autotune.host": op.get("host")}
@@ -402,28 +497,47 @@ class Recorder:
             self._client.delete_tag(run_id, k)
         self._client.set_terminated(run_id, _TERMINAL[op["status"]], end_time=end)
 
-    def _do_front(self, op: dict[str, Any]) -> None:
-        ranks = {n: r for n, r in op["ranks"]}
-        parent = self._parent_id(op["study"], op["ts"])
-        for run in _all_runs(self._client, self._experiment(op["study"]),
+    def _list_children(self, study: str, parent: str) -> None:
+        """The study's lock makes this process its only MLflow writer: its child runs and their
+        Pareto tags are listed once (one paged query) and then kept current here, instead of a
+        tag search per trial and a listing per front change, both growing with the study."""
+        if study in self._listed:
+            return
+        for run in _all_runs(self._client, self._experiment(study),
                              f"tags.`mlflow.parentRunId` = '{parent}'"):
-            have = run.data.tags
-            if "autotune.trial_number" not in have:
+            if (num := run.data.tags.get("autotune.trial_number")) is not None:
+                self._children[(study, int(num))] = run.info.run_id
+                self._front_tags[(study, int(num))] = _pareto_tags(run.data.tags)
+        self._listed.add(study)
+
+    def _child(self, study: str, n: int, parent: str) -> Any | None:
+        """Trial n's child run, if one was made."""
+        self._list_children(study, parent)
+        run_id = self._children.get((study, n))
+        return self._client.get_run(run_id) if run_id else None
+
+    def _do_front(self, op: dict[str, Any]) -> None:
+        study, ranks = op["study"], {n: r for n, r in op["ranks"]}
+        self._list_children(study, self._parent_id(study, op["ts"]))
+        for (s, n), have in self._front_tags.items():
+            if s != study:
                 continue
-            n = int(have["autotune.trial_number"])
-            self._children[(op["study"], n)] = run.info.run_id
+            run_id = self._children[(s, n)]
             want = {"autotune.pareto": "true" if ranks.get(n) == 0 else "false"}
             if n in ranks:
                 want["autotune.pareto_rank"] = str(ranks[n])
             if any(have.get(k) != v for k, v in want.items()):  # only what changed: one call
-                self._batch(run.info.run_id, [], {}, want)
+                self._batch(run_id, [], {}, want)
+                have.update(want)
             if n not in ranks and "autotune.pareto_rank" in have:
-                self._client.delete_tag(run.info.run_id, "autotune.pareto_rank")
+                self._client.delete_tag(run_id, "autotune.pareto_rank")
+                del have["autotune.pareto_rank"]
 
     def _do_summary(self, op: dict[str, Any]) -> None:
         parent = self._parent_id(op["study"], op["ts"])
         step, ts = op["step"] or 0, op.get("mts") or op["ts"]
-        self._batch(parent, [(k, v, ts, step) for k, v in op["metrics"].items()], {}, {})
+        series = [tuple(row) for row in op.get("series", ())]
+        self._batch(parent, [(k, v, ts, step) for k, v in op["metrics"].items()] + series, {}, {})
         for name, rel in op["blobs"].items():
             if not (self.spool_dir / rel).is_file():  # sent before a crash, then cleaned up
                 _log.warning("spooled artefact %s is gone; not sent again", rel)
@@ -458,6 +572,10 @@ class Recorder:
             self._client.log_batch(
                 run_id, metrics=chunk, params=[p for p in head if isinstance(p, Param)],
                 tags=[t for t in head if isinstance(t, RunTag)], synchronous=True)
+
+
+def _pareto_tags(tags: dict[str, str]) -> dict[str, str]:
+    return {k: tags[k] for k in ("autotune.pareto", "autotune.pareto_rank") if k in tags}
 
 
 def _params(params: dict[str, Any]) -> dict[str, str]:
@@ -514,3 +632,30 @@ def list_studies(tracking_uri: str) -> list[dict[str, Any]]:
                             f"{_redact_text(str(e))[:500]}",
                             fix="check that the tracking server is running and reachable.") from e
     return out
+
+
+_SENDER_POLL_S = 0.1
+
+
+def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> None:
+    """The sender process: apply what the study spools until its stdin closes (the study ended,
+    or died: its end of the pipe closes with it)."""
+    rec = Recorder(uri, study, Path(spool_dir), http_timeout_s=http_timeout_s)
+    stop = threading.Event()
+
+    def watch() -> None:
+        sys.stdin.buffer.read()
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    while not stop.wait(_SENDER_POLL_S):
+        if time.monotonic() < rec._retry_at:
+            continue
+        with contextlib.suppress(OSError):
+            if rec._ops.stat().st_size:
+                rec._drain(time.monotonic() + _CALL_BUDGET_S)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    _send_forever(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

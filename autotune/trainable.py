@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import traceback
 from pathlib import Path
@@ -45,8 +46,6 @@ def trainable(config: dict[str, Any]) -> None:
     """One trial: train the policy and report every epoch; failures become reported statuses."""
     from ray import tune
 
-    from autotune.trainer import train
-
     epoch = 0
     node = _node_id()
     ended = threading.Event()  # set once the trial's final status is reported: nothing after it
@@ -87,8 +86,15 @@ def trainable(config: dict[str, Any]) -> None:
                 fix="ship the model's folder with the study (autotune does with --address) or keep "
                 "identical copies on every node.")
         policy = Policy.from_flat(config["policy"], source="trial config")
-        train(mf, policy, report=report, threads=config["threads"],
-              epoch_costs=config["epoch_costs"], device=config.get("device"))
+        if mf.custom_loop and "torch" not in sys.modules and config.get("device") != "cuda":
+            from autotune.custom_loop import run_custom
+
+            run_custom(mf, policy, report)  # a loop without torch: the worker never imports it
+        else:
+            from autotune.trainer import train
+
+            train(mf, policy, report=report, threads=config["threads"],
+                  epoch_costs=config["epoch_costs"], device=config.get("device"))
     except _TrialTimeout:
         return  # the watchdog has reported the failure
     except AutotuneError as exc:

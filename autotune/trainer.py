@@ -7,7 +7,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,18 +21,7 @@ from autotune.knobs.optim import current_lr, make_optimizer, make_scheduler, reb
 from autotune.knobs.pruning import Pruner
 from autotune.policy import Policy
 
-Reporter = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class RunResult:
-    """What one run produced: its status, final metrics (quality + every cost) and per-epoch history."""
-
-    status: str  # "finished" | "diverged"
-    metrics: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)
-    error: str | None = None
-    model: torch.nn.Module | None = None
+from autotune.runs import Reporter, RunResult
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -119,7 +107,9 @@ def train(mf: ModelFile, policy: Policy, *, report: Reporter | None = None,
     prec.check_runnable(policy.precision, dev)
     seed_everything(policy.seed)
     if mf.custom_loop:
-        return _run_custom(mf, policy, report, dev)
+        from autotune.custom_loop import run_custom
+
+        return run_custom(mf, policy, report, dev)
     return _run_managed(mf, policy, report, dev, set(epoch_costs))
 
 
@@ -286,37 +276,3 @@ class _nullctx:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _run_custom(mf: ModelFile, policy: Policy, report: Reporter | None,
-                dev: torch.device) -> RunResult:
-    """The escape hatch: the user's loop trains; autotune times it and measures what it returns."""
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-
-    def user_report(metrics: dict[str, float] | None = None, /, **kw: float) -> None:
-        row = {**(metrics or {}), **kw}
-        row = {k: float(v) for k, v in row.items()}
-        row.setdefault("epoch", float(len(history) + 1))
-        row.setdefault("train_time_s", time.perf_counter() - t0)
-        history.append(row)
-        if report:
-            report(dict(row))
-
-    memory, energy = costs.PeakMemory(dev), costs.EnergyMeter(dev)
-    with memory, energy:
-        returned = mf.custom_train(policy, user_report)
-    costs.synchronize(dev)
-    final = dict(history[-1]) if history else {}
-    final["train_time_s"] = time.perf_counter() - t0
-    final["peak_mem_mb"] = memory.peak_mb
-    if energy.joules is not None:
-        final["energy_j"] = energy.joules
-    if isinstance(returned, torch.nn.Module):
-        params, nonzero = costs.param_counts(returned)
-        final.update(params=float(params), nonzero_params=float(nonzero),
-                     model_size_mb=costs.model_size_mb(returned))
-    quality = final.get(mf.quality_metric)
-    status = "finished" if quality is not None and math.isfinite(quality) else "diverged"
-    return RunResult(status, final, history, None if status == "finished" else
-                     f"the custom loop's last report has no finite {mf.quality_metric!r}")

@@ -302,3 +302,29 @@ def test_server_killed_mid_study(server: _Server, tmp_path: Path) -> None:
     assert len(client.get_metric_history(kids[0].info.run_id, "loss")) == 3
     [study] = list_studies(server.uri)
     assert (study["name"], study["trials"], study["front"]) == ("live", 7, 4)
+
+
+def test_the_sender_process_applies_what_the_study_spools(store: str, tmp_path: Path) -> None:
+    """background=True: a separate process sends while the study goes on appending; nothing
+    appended during one of its drains is lost, and the front tags it keeps in memory are right."""
+    r = Recorder(store, "sender", tmp_path / "spool", background=True)
+    assert r._sender is not None and r._sender.poll() is None
+    r.start_study({"model": "m.py"}, {})
+    for n in range(30):
+        r.log_trial(rec(n))
+        r.set_front({m: 0 if m in (n, n - 1) else 1 for m in range(n + 1)})
+        time.sleep(0.02)
+    deadline = time.monotonic() + 60
+    while r.pending() and time.monotonic() < deadline:  # no flush: the sender alone sends
+        time.sleep(0.2)
+    assert r.pending() == 0
+    r.end_study()
+    assert r.flush(timeout_s=30)
+    sender = r._sender
+    r.close()
+    assert sender.poll() is not None  # closing stdin ended it
+    kids = children(store, "sender")
+    assert sorted(kids) == list(range(30))
+    assert {n for n, run in kids.items() if run.data.tags["autotune.pareto"] == "true"} == {28, 29}
+    assert kids[0].data.tags["autotune.pareto_rank"] == "1"
+    assert parent(store, "sender").info.status == "FINISHED"
