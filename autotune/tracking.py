@@ -469,22 +469,25 @@ class Recorder:
         parent = self._parent_id(study, op["ts"])
         run = self._child(study, n, parent)
         base = int(op["start"] * 1000) if op["start"] else op["ts"]
+        tags = {"autotune.status": op["status"], "autotune.stopped_at_epoch": op["stopped"],
+                "autotune.error": op["error"], "autotune.ray_trial_id": op["ray"],
+                "autotune.node": op.get("node"), "autotune.host": op.get("host")}
+        stale = [k for k, v in tags.items() if v is None and run and k in run.data.tags]
+        tags = {k: str(v)[:_TAG_LEN] for k, v in tags.items() if v is not None}
         if run is None:
+            # The trial's tags go with the new run: MLflow's log_batch sets tags one upsert at
+            # a time, ~40 % of a trial's recording cost on SQLite (scripts/bench_overhead.py).
             run = self._client.create_run(
                 self._experiment(study), start_time=base, run_name=f"trial-{n}",
                 tags={"mlflow.parentRunId": parent, "autotune.study": study,
                       "autotune.role": "trial", "autotune.trial_number": str(n),
                       # off the front until a front update says otherwise, so the recorder
                       # only has to send front updates when the front itself changes
-                      "autotune.pareto": "false"})
+                      "autotune.pareto": "false", **tags})
+            tags = {}
         run_id = run.info.run_id
         self._children[(study, n)] = run_id
         self._front_tags[(study, n)] = _pareto_tags(run.data.tags)
-        tags = {"autotune.status": op["status"], "autotune.stopped_at_epoch": op["stopped"],
-                "autotune.error": op["error"], "autotune.ray_trial_id": op["ray"],
-                "autotune.node": op.get("node"), "autotune.host": op.get("host")}
-        stale = [k for k, v in tags.items() if v is None and k in run.data.tags]
-        tags = {k: str(v)[:_TAG_LEN] for k, v in tags.items() if v is not None}
         # Timestamps come from the record, so a replay writes identical rows, which MLflow
         # deduplicates instead of doubling every curve point.
         metrics = [(k, v, base + c["epoch"], c["epoch"])
@@ -640,6 +643,10 @@ _SENDER_POLL_S = 0.1
 def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> None:
     """The sender process: apply what the study spools until its stdin closes (the study ended,
     or died: its end of the pipe closes with it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        # Below the study's own processes: it fills idle CPU instead of taking it from Ray's
+        # controller and the trials; a backlog it leaves is sent by the study's final flush.
+        os.nice(10)
     rec = Recorder(uri, study, Path(spool_dir), http_timeout_s=http_timeout_s)
     stop = threading.Event()
 
