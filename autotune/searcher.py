@@ -22,6 +22,14 @@ from autotune.space import SearchSpace
 from autotune.study import TrialView
 
 _MAX_INVALID = 50  # consecutive invalid samples before the space is declared unusable
+# Asks per trial that may be refused for repeating a policy the study already ran or is running.
+# In a space of choices, TPE's best candidate is often a policy it has already run: without this
+# rule, 44 % of the epochs on the digits table and 33 % on charlm went to policies run before
+# (scripts/bench_search.py, previous defaults = autotune-prev), and a repeat adds nothing to the
+# front. Past this many refusals the repeat runs: the space may have nothing new to offer. 5: 3
+# left more repeats (worse regret late in the study), 10 was no better and asked twice as often.
+_MAX_REPEATS = 5
+REPEAT = "repeat"  # the status of a refused ask, recorded in the study only when it is in memory
 
 
 @dataclass
@@ -47,6 +55,14 @@ class PolicySearcher(Searcher):
     trials that trained the whole budget ("finished") may enter the front; `autotune.status`
     records which is which.
 
+    Repeats (benchmark-backed, see `_MAX_REPEATS`): a sample whose params equal those of a trial
+    the study already ran (finished or stopped) or is running is refused and the sampler asked
+    again, up to `max_repeats` times per trial. The refused asks stay RUNNING in the sampler's
+    view until a policy is picked, so TPE's constant liar steers the next ask away from them, and
+    are then told FAIL. They are not trials of the study: on a database only the sampler's
+    in-memory copy holds them; an in-memory study (the sampler's own) records them as FAIL with
+    status "repeat", which no view shows.
+
     On a database storage (the study's SQLite file), the sampler works on an in-memory copy of
     the study and the database is written twice per trial, in one transaction each: the running
     trial with its params when it is asked for, its state, values and attributes when it ends.
@@ -59,7 +75,10 @@ class PolicySearcher(Searcher):
                  objectives: Sequence[Objective], constraints: Sequence[Constraint],
                  baseline_needed: bool, trial_config: dict[str, Any],
                  on_finish: Callable[[TrialView], None],
-                 stopped_by_scheduler: Callable[[str], int | None]) -> None:
+                 stopped_by_scheduler: Callable[[str], int | None],
+                 max_repeats: int = _MAX_REPEATS) -> None:
+        """`max_repeats`: asks per trial that may be refused for repeating a policy the study
+        already ran or is running (0: never refuse; see `_MAX_REPEATS`)."""
         super().__init__(metric=None, mode=None)
         self.study = study
         self.space = space
@@ -70,9 +89,11 @@ class PolicySearcher(Searcher):
         self.trial_config = trial_config
         self.on_finish = on_finish
         self.stopped_by_scheduler = stopped_by_scheduler
+        self.max_repeats = max(0, int(max_repeats))
         self.live: dict[str, _Live] = {}
         self.sampler_seconds = 0.0  # time spent in ask + sampling, for the overhead benchmark
         self.finished = False  # set by the driver: suggest no more trials
+        self._baseline_key: tuple[tuple[str, Any], ...] | None = None  # its params, see _tried
         self.sampler_study = _sampler_copy(study)  # the study itself unless it is on a database
         self._mirrored = self.sampler_study is not study
         # Trials enqueued for a rerun (WAITING in the study): asked for on the study itself.
@@ -111,15 +132,33 @@ class PolicySearcher(Searcher):
                 "baseline": live.baseline}
 
     def _ask(self) -> _Live:
+        """The next policy to run. A sample that repeats the params of a trial the study already
+        ran or is running is refused, up to `max_repeats` times per trial (see `_MAX_REPEATS`);
+        a rerun enqueued in the study is never refused."""
         t0 = time.perf_counter()
+        tried = self._tried()
+        refused: list[optuna.trial.Trial] = []
+        invalid = 0
         try:
-            for _ in range(_MAX_INVALID):
+            while True:
                 if self._mirrored:
-                    ot, overrides, record_id, number = self._ask_mirrored()
+                    ot, overrides, record = self._ask_mirrored()
                 else:
                     ot = self.study.ask()
                     overrides = self.space.suggest(ot)
-                    record_id, number = None, ot.number
+                    record = None
+                rerun = record is not None or (not self._mirrored and "fixed_params" in
+                                               self.study._storage.get_trial_system_attrs(
+                                                   ot._trial_id))
+                if (not rerun and len(refused) < self.max_repeats
+                        and _params_key(ot.params) in tried):
+                    # Held RUNNING until a policy is picked: TPE's constant liar counts it as a
+                    # bad result, so the next ask moves away from the repeat, not onto it again.
+                    refused.append(ot)
+                    continue
+                if self._mirrored and record is None:
+                    record = self._record(ot)
+                record_id, number = record if record is not None else (None, ot.number)
                 try:
                     policy = self.base.with_overrides(overrides, source=f"a sample of {self.space.source}")
                 except PolicyError as exc:
@@ -132,37 +171,55 @@ class PolicySearcher(Searcher):
                         storage.set_trial_user_attr(record_id, st.STATUS, "invalid")
                         storage.set_trial_user_attr(record_id, st.ERROR, exc.message[:500])
                         storage.set_trial_state_values(record_id, TrialState.FAIL)
+                    invalid += 1
+                    if invalid >= _MAX_INVALID:
+                        break
                     continue
                 # The policy is recorded with the trial's other attributes at tell time, in one
                 # storage transaction (a SQLite commit costs ~6 ms here: docs/BENCHMARKS.md).
                 return _Live(number, policy, False, ot, record_id)
         finally:
+            for ref in refused:  # on a database only the sampler's in-memory copy held them
+                if not self._mirrored:
+                    ref.set_user_attr(st.STATUS, REPEAT)
+                self.sampler_study.tell(ref, state=TrialState.FAIL)
             self.sampler_seconds += time.perf_counter() - t0
         raise PolicyError(
             f"{_MAX_INVALID} samples in a row from {self.space.source} gave invalid policies.",
             fix="add `when:` conditions or narrow ranges so that samples form valid policies.",
         )
 
-    def _ask_mirrored(self) -> tuple[optuna.trial.Trial, dict[str, Any], int, int]:
-        """Sample on the in-memory copy, then record the running trial with its params in the
-        study in one transaction (a killed driver leaves it RUNNING: the next run reruns it)."""
-        storage = self.study._storage
-        if self._waiting > 0:  # a rerun enqueued in the study: popped there, then mirrored
+    def _tried(self) -> set[tuple[tuple[str, Any], ...]]:
+        """Params of the trials the sampler has seen run or running (stopped ones included: a
+        policy stopped at a rung would be stopped there again), and of the baseline while it runs
+        (it enters the sampler's study only when it ends)."""
+        trials = self.sampler_study.get_trials(deepcopy=False,
+                                               states=(TrialState.COMPLETE, TrialState.RUNNING))
+        tried = {_params_key(t.params) for t in trials}
+        if any(live.baseline for live in self.live.values()):
+            if self._baseline_key is None:
+                self._baseline_key = _params_key(self._baseline_params()[0])
+            if self._baseline_key:  # empty: the baseline's values are not points of the space
+                tried.add(self._baseline_key)
+        return tried
+
+    def _ask_mirrored(self) -> tuple[optuna.trial.Trial, dict[str, Any], tuple[int, int] | None]:
+        """Sample on the in-memory copy; a rerun enqueued in the study (WAITING there) is popped
+        there and mirrored, and comes with its record's (id, number), else the record is None."""
+        if self._waiting > 0:
             self._waiting -= 1
             rec = self.study.ask()
             self.space.suggest(rec)
             self.sampler_study.enqueue_trial(rec.params)
             ot = self.sampler_study.ask()
-            return ot, self.space.suggest(ot), rec._trial_id, rec.number
+            return ot, self.space.suggest(ot), (rec._trial_id, rec.number)
         ot = self.sampler_study.ask()
-        overrides = self.space.suggest(ot)
-        running = optuna.trial.create_trial(state=TrialState.RUNNING, params=ot.params,
-                                            distributions=ot.distributions)
-        record_id = storage.create_new_trial(self.study._study_id, template_trial=running)
-        # Optuna's cached storage knows the new trial's number; asking the database is a query.
-        known = getattr(storage, "_trial_id_to_study_id_and_number", {}).get(record_id)
-        number = known[1] if known else storage.get_trial_number_from_id(record_id)
-        return ot, overrides, record_id, number
+        return ot, self.space.suggest(ot), None
+
+    def _record(self, ot: optuna.trial.Trial) -> tuple[int, int]:
+        """Record a trial sampled on the copy as running, with its params, in the study in one
+        transaction (a killed driver leaves it RUNNING: the next run reruns it); (id, number)."""
+        return st.create_running(self.study, ot.params, ot.distributions)
 
     # ---- telling -----------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -242,7 +299,7 @@ class PolicySearcher(Searcher):
         assert ot is not None
         if live.record_id is not None:  # the study gets the record, the sampler's copy the result
             end = (TrialState.FAIL, None) if values is None else (TrialState.COMPLETE, values)
-            _set_attrs(self.study, live.record_id, attrs, constraints, end=end)
+            st.write_trial(self.study, live.record_id, attrs, constraints, end=end)
             for k, v in constraints.items():  # in memory: what a constrained sampler reads
                 self.sampler_study._storage.set_trial_system_attr(
                     ot._trial_id, f"constraints:{k}", float(v))
@@ -252,7 +309,7 @@ class PolicySearcher(Searcher):
                 self.sampler_study.tell(ot, values)
             assert live.number is not None
             return live.number
-        _set_attrs(self.study, ot._trial_id, attrs, constraints)
+        st.write_trial(self.study, ot._trial_id, attrs, constraints)
         ot._cached_frozen_trial.user_attrs.update(attrs)  # what set_user_attr would have cached
         ot._cached_frozen_trial.system_attrs.update(
             {f"constraints:{k}": float(v) for k, v in constraints.items()})
@@ -323,48 +380,8 @@ def _sampler_copy(study: optuna.Study) -> optuna.Study:
     return copy
 
 
-def _set_attrs(study: optuna.Study, trial_id: int, user: dict[str, Any],
-               constraints: dict[str, float],
-               end: tuple[TrialState, list[float] | None] | None = None) -> None:
-    """A trial's user attributes and constraint values in one storage transaction, and with
-    `end` its final state and values too (what `Study.tell` would write in one more).
-
-    Optuna commits every `set_user_attr` / `set_constraint` on its own; on SQLite each commit is
-    an fsync, which made the tell of a trial cost ~2x the sampler's own ask/tell
-    (scripts/bench_overhead.py). Other storages take the one-call-per-key path.
-    """
-    from optuna.storages import RDBStorage
-
-    system = {f"constraints:{k}": float(v) for k, v in constraints.items()}
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)
-    if isinstance(backend, RDBStorage):
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(backend.scoped_session, True) as session:
-            for key, value in user.items():
-                backend._set_trial_attr_without_commit(
-                    session, models.TrialUserAttributeModel, trial_id, key, value)
-            for key, value in system.items():
-                backend._set_trial_attr_without_commit(
-                    session, models.TrialSystemAttributeModel, trial_id, key, value)
-            if end is not None:  # as RDBStorage.set_trial_state_values does it
-                from datetime import datetime
-
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-                backend.check_trial_is_updatable(trial_id, trial.state)
-                for objective, v in enumerate(end[1] or ()):
-                    backend._set_trial_value_without_commit(session, trial, objective, v)
-                trial.state = end[0]
-                trial.datetime_complete = datetime.now()
-        return
-    for key, value in user.items():
-        storage.set_trial_user_attr(trial_id, key, value)
-    for key, value in system.items():
-        storage.set_trial_system_attr(trial_id, key, value)
-    if end is not None:
-        storage.set_trial_state_values(trial_id, end[0], end[1])
+def _params_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(params.items()))
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:

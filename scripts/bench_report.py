@@ -21,6 +21,7 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 IMG = ROOT / "docs" / "img"
 OURS = ("## Orchestration overhead", "## Search efficiency", "## What tuning buys")
 LABEL = {"autotune": "autotune (defaults: TPE + MO early stopping)",
+         "autotune-prev": "autotune, previous defaults (repeated policies run again)",
          "autotune-asha": "autotune TPE + previous early stopping (rungs 3·3ᵏ, top ⌈n/η⌉ only)",
          "autotune-noES": "autotune TPE, no early stopping",
          "optuna-motpe": "Optuna MO-TPE (stock), no ES", "optuna-nsga2": "Optuna NSGA-II, no ES",
@@ -156,7 +157,9 @@ def search(d: dict) -> str:
                 "∞" if not math.isfinite(r["epochs_to_reach"][p]) else f"{r['epochs_to_reach'][p]:.0f}"
                 for p in ms) + " |")
         for who, title in (("autotune", "autotune defaults"),
-                           ("autotune-asha", "previous defaults (autotune-asha), for comparison")):
+                           ("autotune-prev", "previous defaults (autotune-prev), for comparison"),
+                           ("autotune-asha", "TPE + previous early stopping (autotune-asha), "
+                                             "for comparison")):
             if who not in ms or "optuna-motpe" not in ms:
                 continue
             a, p = ms[who], ms["optuna-motpe"]

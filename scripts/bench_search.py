@@ -12,12 +12,14 @@ space trained once for its full budget, per epoch. Methods, all over the same ta
 - autotune-asha   the same with autotune's previous early stopping (rungs 3*3^k, promotion of the
                   top ceil(n/eta) only): textbook MO-ASHA on the same sampler
 - autotune-noES   the same without early stopping
+- autotune-prev   the defaults before the searcher refused repeats (PolicySearcher max_repeats=0:
+                  the sampler may propose a policy the study already ran, and it runs again)
 - optuna-motpe    raw Optuna ask/tell loop, stock TPESampler(seed) (MO-TPE), no early stopping
 - optuna-nsga2    raw Optuna loop, NSGAIISampler sized as autotune sizes it, no early stopping
 - random          raw Optuna loop, RandomSampler
 - synetune-moasha Syne Tune's MOASHA (random configs, grace 3, eta 3), pool of 2 workers
 
-autotune's two variants run in-process (the same classes the Ray pipeline uses, driven by a simulated
+autotune's variants run in-process (the same classes the Ray pipeline uses, driven by a simulated
 asynchronous pool of 2 workers whose epochs take the table's recorded time); --ray-seeds seeds also go
 through the real `autotune search` pipeline (run_search + Ray Tune + replay model.py) for comparison.
 Compute is counted in epochs of the trials completed so far; only trials that trained their full budget
@@ -43,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import HV, ROOT, Replay, command, final_vector, machine, versions  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 1.0)
-METHODS = ("autotune", "autotune-asha", "autotune-noES", "optuna-motpe", "optuna-nsga2", "random",
-           "synetune-moasha")
+METHODS = ("autotune", "autotune-prev", "autotune-asha", "autotune-noES", "optuna-motpe",
+           "optuna-nsga2", "random", "synetune-moasha")
 # autotune's early stopping before this benchmark moved it: rungs 3·3^k, top ceil(n/eta) only.
 ASHA_RUNGS = {"grace": 3, "promote_front": False, "mature_at": None}
 
@@ -75,8 +77,8 @@ class _Pool:
 
 
 def run_autotune(rp: Replay, seed: int, budget: int, early_stop: bool, workers: int = 2,
-                 sampler: str = "tpe",
-                 rungs_kw: dict[str, Any] | None = None) -> list[tuple[int, Any]]:
+                 sampler: str = "tpe", rungs_kw: dict[str, Any] | None = None,
+                 searcher_kw: dict[str, Any] | None = None) -> list[tuple[int, Any]]:
     """autotune's searcher + scheduler classes, driven like Ray Tune drives them."""
     import optuna
 
@@ -111,7 +113,8 @@ def run_autotune(rp: Replay, seed: int, budget: int, early_stop: bool, workers: 
 
     searcher = PolicySearcher(study=study, space=space, base=base, objectives=objs, constraints=[],
                               baseline_needed=True, trial_config={}, on_finish=on_finish,
-                              stopped_by_scheduler=lambda t: rungs.stopped.get(t) if rungs else None)
+                              stopped_by_scheduler=lambda t: rungs.stopped.get(t) if rungs
+                              else None, **(searcher_kw or {}))
     pool = _Pool(workers)
     state: dict[str, dict[str, Any]] = {}
     counter = 0
@@ -326,6 +329,8 @@ def bench_table(name: str, seeds: int, ray_seeds: int, budget_trials: int,
         for s in range(seeds):
             if m == "autotune":
                 runs[m].append(run_autotune(rp, s, budget, True))
+            elif m == "autotune-prev":
+                runs[m].append(run_autotune(rp, s, budget, True, searcher_kw={"max_repeats": 0}))
             elif m == "autotune-asha":
                 runs[m].append(run_autotune(rp, s, budget, True, rungs_kw=ASHA_RUNGS))
             elif m == "autotune-noES":

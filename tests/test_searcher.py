@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from autotune.objectives import Constraint, Objective
 from autotune.policy import Policy
 from autotune.results import compute_front
-from autotune.searcher import PolicySearcher
+from autotune.searcher import _MAX_REPEATS, REPEAT, PolicySearcher
 from autotune.space import SearchSpace
 from autotune.study import STATUS, view
 
@@ -112,3 +115,99 @@ def test_baseline_runs_first_with_the_default_policy_and_is_recorded_as_baseline
     # the sampler learns from the baseline with the knob values it really used
     assert t.params == {"optimizer.lr": 1e-3, "batch_size": 64}
     assert done[0].baseline
+
+
+# ---- a sample that repeats a policy the study already ran is refused (a few times per trial)
+CHOICE = SearchSpace.from_dict({"batch_size": {"choice": [32, 64, 128]}})
+
+
+class Scripted(optuna.samplers.BaseSampler):
+    """Proposes batch sizes from a script; notes the batch sizes of the other RUNNING trials it
+    sees at each proposal (what TPE's constant liar would count as pending)."""
+
+    def __init__(self, script: list[int]) -> None:
+        self.script = list(script)
+        self.pending_seen: list[list[int]] = []
+
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str,
+                           dist: BaseDistribution) -> Any:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        self.pending_seen.append(sorted(t.params["batch_size"] for t in running
+                                        if t.number != trial.number and "batch_size" in t.params))
+        return self.script.pop(0)
+
+
+def make_scripted(script: list[int], storage: str | None = None,
+                  baseline: bool = False) -> tuple[PolicySearcher, optuna.Study, Scripted]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = Scripted(script)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler,
+                                storage=storage)
+    s = PolicySearcher(study=study, space=CHOICE, base=Policy(epochs=9), objectives=OBJ,
+                       constraints=[], baseline_needed=baseline, trial_config={},
+                       on_finish=lambda v: None, stopped_by_scheduler=lambda t: None)
+    return s, study, sampler
+
+
+def test_a_repeated_policy_is_refused_and_held_pending_while_the_sampler_asks_again() -> None:
+    s, study, sampler = make_scripted([32, 32, 32, 64])
+    run(s, "a", rows(9, 0.9, 1.0), status="finished")
+    assert s.suggest("b")["policy"]["batch_size"] == 64
+    # the two refused repeats were still pending when the sampler proposed 64
+    assert sampler.pending_seen == [[], [], [32], [32, 32]]
+    trials = study.trials
+    assert [t.params["batch_size"] for t in trials] == [32, 32, 32, 64]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
+                                         TrialState.RUNNING]
+    assert [t.user_attrs.get(STATUS) for t in trials[1:3]] == [REPEAT, REPEAT]
+    assert [view(t) for t in trials[1:3]] == [None, None]  # not trials of the study's record
+
+
+def test_a_repeat_runs_after_max_repeats_refusals_when_the_sampler_offers_nothing_new() -> None:
+    s, study, _ = make_scripted([32] * (_MAX_REPEATS + 2))
+    run(s, "a", rows(9, 0.9, 1.0), status="finished")
+    assert s.suggest("b")["policy"]["batch_size"] == 32
+    assert sum(t.user_attrs.get(STATUS) == REPEAT for t in study.trials) == _MAX_REPEATS
+
+
+def test_a_running_trial_and_the_running_baseline_count_as_tried() -> None:
+    s, _, _ = make_scripted([32, 64, 32, 128], baseline=True)
+    assert s.suggest("base")["policy"]["batch_size"] == Policy().batch_size == 64
+    assert s.suggest("a")["policy"]["batch_size"] == 32
+    assert s.suggest("b")["policy"]["batch_size"] == 128  # 64: the baseline, 32: trial a
+
+
+def test_an_enqueued_rerun_is_never_refused() -> None:
+    s, study, _ = make_scripted([32])
+    run(s, "a", rows(9, 0.9, 1.0), status="finished")
+    study.enqueue_trial({"batch_size": 32})  # as a rerun of an interrupted trial is enqueued
+    assert s.suggest("b")["policy"]["batch_size"] == 32
+    assert not any(t.user_attrs.get(STATUS) == REPEAT for t in study.trials)
+
+
+def test_on_a_database_refused_repeats_leave_no_record_in_the_study(tmp_path: Path) -> None:
+    s, study, sampler = make_scripted([32, 32, 64], storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert s.sampler_study is not study  # the sampler works on an in-memory copy
+    run(s, "a", rows(9, 0.9, 1.0), status="finished")
+    run(s, "b", rows(9, 0.8, 0.5), status="finished")
+    assert sampler.pending_seen[-1] == [32]
+    assert [(t.number, t.params["batch_size"], t.state) for t in study.trials] == [
+        (0, 32, TrialState.COMPLETE), (1, 64, TrialState.COMPLETE)]
+
+
+def test_on_a_database_an_interrupted_trial_reruns_with_its_params(tmp_path: Path) -> None:
+    s, study, _ = make_scripted([32, 64], storage=f"sqlite:///{tmp_path / 's.db'}")
+    run(s, "a", rows(9, 0.9, 1.0), status="finished")
+    run(s, "b", rows(4, 0.8, 0.5))  # cut at epoch 4 without a scheduler decision: interrupted
+    cfg = s.suggest("c")  # the script is spent: the rerun must come from the study's queue
+    assert cfg["policy"]["batch_size"] == 64 and cfg["trial_number"] == 2
+    assert [(t.params["batch_size"], t.state) for t in study.trials] == [
+        (32, TrialState.COMPLETE), (64, TrialState.FAIL), (64, TrialState.RUNNING)]
