@@ -474,6 +474,8 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
             interrupted = True
         finally:
             searcher.abandon_running()
+            if isinstance(scheduler, MultiObjectiveASHA):
+                scheduler.flush()
     final_views = study.trial_views(ostudy)
     front = compute_front(final_views, objectives)
     complete = len(final_views) >= config.trials

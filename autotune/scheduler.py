@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,9 +300,12 @@ class MultiObjectiveASHA(FIFOScheduler):
     """Ray Tune adapter around `MultiObjectiveRungs`; runs trials FIFO and stops them at rungs.
 
     It keeps metric/mode None: the objectives are its own. If `state_path` is given, the rung data
-    is loaded from it when present and rewritten (atomically) whenever it changes, because Ray Tune
-    2.60 never calls a scheduler's save/restore and `Tuner.restore` brings back the scheduler as it
-    was pickled when `fit()` began, i.e. empty.
+    is loaded from it when present and rewritten (atomically) when it changes, at most once every
+    `save_every_s` and by `flush()` (the driver's, after the study), because Ray Tune 2.60 never
+    calls a scheduler's save/restore and `Tuner.restore` brings back the scheduler as it was
+    pickled when `fit()` began, i.e. empty. A kill loses at most the last second of rung records,
+    which only makes the next promotions a little more lenient; rewriting the growing file after
+    every result cost ~1 ms a trial on the driver's thread (scripts/bench_overhead.py).
     """
 
     # Buffered results would deliver several epochs at once (Ray disables them for HyperBand too).
@@ -313,6 +317,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         schedule: RungSchedule,
         time_attr: str = "epoch",
         state_path: str | os.PathLike[str] | None = None,
+        save_every_s: float = 1.0,
         **options: Any,
     ) -> None:
         """`options`: MultiObjectiveRungs' keyword settings (promote_front, mature_at,
@@ -320,6 +325,8 @@ class MultiObjectiveASHA(FIFOScheduler):
         super().__init__()
         self.time_attr = time_attr
         self.state_path = Path(state_path) if state_path is not None else None
+        self.save_every_s = save_every_s
+        self._saved_at, self._dirty = 0.0, False
         self.options = dict(options)
         self.rungs = MultiObjectiveRungs(objectives, schedule, **self.options)
         if self.state_path is not None and self.state_path.exists():
@@ -346,8 +353,10 @@ class MultiObjectiveASHA(FIFOScheduler):
         decision = self.rungs.on_result(
             trial.trial_id, int(result[self.time_attr]), {n: result[n] for n in names}
         )
-        if self.state_path is not None and self.rungs.changes != before:
-            self.save(str(self.state_path))
+        if self.rungs.changes != before:
+            self._dirty = True
+            if time.monotonic() - self._saved_at >= self.save_every_s:
+                self.flush()
         return TrialScheduler.STOP if decision == "stop" else TrialScheduler.CONTINUE
 
     def debug_string(self) -> str:
@@ -358,6 +367,12 @@ class MultiObjectiveASHA(FIFOScheduler):
             f"MultiObjectiveASHA: rungs {rungs} of {s.max_epochs} epochs, eta {s.eta}; "
             f"recorded {counts}; stopped {len(self.stopped)}."
         )
+
+    def flush(self) -> None:
+        """Write the rung state to `state_path` if it changed since the last write."""
+        if self.state_path is not None and self._dirty:
+            self.save(str(self.state_path))
+            self._dirty, self._saved_at = False, time.monotonic()
 
     def save(self, checkpoint_path: str) -> None:
         """Write the rung state as JSON via a temporary file: a crash never leaves half a file."""

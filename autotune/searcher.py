@@ -41,7 +41,7 @@ class _Live:
     baseline: bool
     ot: optuna.trial.Trial | None
     record_id: int | None = None  # its id in the study's storage when `ot` is the sampler's copy
-    started: float = field(default_factory=time.time)
+    started: float | None = None  # its record's start time in the study, when mirrored
     last: dict[str, Any] = field(default_factory=dict)
     curves: list[dict[str, float]] = field(default_factory=list)
 
@@ -158,7 +158,8 @@ class PolicySearcher(Searcher):
                     continue
                 if self._mirrored and record is None:
                     record = self._record(ot)
-                record_id, number = record if record is not None else (None, ot.number)
+                record_id, number, started = (record if record is not None
+                                              else (None, ot.number, None))
                 try:
                     policy = self.base.with_overrides(overrides, source=f"a sample of {self.space.source}")
                 except PolicyError as exc:
@@ -177,7 +178,7 @@ class PolicySearcher(Searcher):
                     continue
                 # The policy is recorded with the trial's other attributes at tell time, in one
                 # storage transaction (a SQLite commit costs ~6 ms here: docs/BENCHMARKS.md).
-                return _Live(number, policy, False, ot, record_id)
+                return _Live(number, policy, False, ot, record_id, started)
         finally:
             for ref in refused:  # on a database only the sampler's in-memory copy held them
                 if not self._mirrored:
@@ -203,7 +204,8 @@ class PolicySearcher(Searcher):
                 tried.add(self._baseline_key)
         return tried
 
-    def _ask_mirrored(self) -> tuple[optuna.trial.Trial, dict[str, Any], tuple[int, int] | None]:
+    def _ask_mirrored(self) -> tuple[optuna.trial.Trial, dict[str, Any],
+                                     tuple[int, int, float] | None]:
         """Sample on the in-memory copy; a rerun enqueued in the study (WAITING there) is popped
         there and mirrored, and comes with its record's (id, number), else the record is None."""
         if self._waiting > 0:
@@ -212,13 +214,15 @@ class PolicySearcher(Searcher):
             self.space.suggest(rec)
             self.sampler_study.enqueue_trial(rec.params)
             ot = self.sampler_study.ask()
-            return ot, self.space.suggest(ot), (rec._trial_id, rec.number)
+            started = rec.datetime_start.timestamp() if rec.datetime_start else None
+            return ot, self.space.suggest(ot), (rec._trial_id, rec.number, started)
         ot = self.sampler_study.ask()
         return ot, self.space.suggest(ot), None
 
-    def _record(self, ot: optuna.trial.Trial) -> tuple[int, int]:
+    def _record(self, ot: optuna.trial.Trial) -> tuple[int, int, float]:
         """Record a trial sampled on the copy as running, with its params, in the study in one
-        transaction (a killed driver leaves it RUNNING: the next run reruns it); (id, number)."""
+        transaction (a killed driver leaves it RUNNING: the next run reruns it); (id, number,
+        start time)."""
         return st.create_running(self.study, ot.params, ot.distributions)
 
     # ---- telling -----------------------------------------------------------------------------
@@ -227,8 +231,7 @@ class PolicySearcher(Searcher):
         if live is None:
             return
         live.last = dict(result)
-        row = {k: float(v) for k, v in result.items()
-               if isinstance(v, int | float) and not isinstance(v, bool) and k in _CURVE_KEYS(result)}
+        row = _reported(result)
         if row and "epoch" in row:
             # A trial Ray runs again (its node died: FailureConfig retries) restarts at epoch 1:
             # the curve keeps the attempt that counts, not both.
@@ -242,13 +245,12 @@ class PolicySearcher(Searcher):
         last = dict(result or live.last or {})
         # The result that made the scheduler stop a trial reaches on_trial_complete only, never
         # on_trial_result: without this the curve of every stopped trial lacks its last epoch.
-        row = {k: float(v) for k, v in last.items() if k in _CURVE_KEYS(last)}
+        row = _reported(last)
         if "epoch" in row and len(row) > 1 and (
                 not live.curves or live.curves[-1].get("epoch", 0) < row["epoch"]):
             live.curves.append(row)
         status, err = self._status(trial_id, live, last, error)
-        metrics = {k: float(v) for k, v in last.items() if k in _CURVE_KEYS(last)}
-        metrics.pop("epoch", None)
+        metrics = {k: v for k, v in row.items() if k != "epoch"}
         epoch = int(last.get("epoch", 0) or 0)
         t0 = time.perf_counter()
         if status == st.INTERRUPTED:
@@ -270,12 +272,16 @@ class PolicySearcher(Searcher):
         ok = status in ("finished", "stopped") and all(math.isfinite(v) for v in values)
         constraints = {c.metric: c.violation(told[c.metric]) for c in self.constraints
                        if c.metric in told and math.isfinite(told[c.metric])}
-        number = self._tell(live, attrs, values if ok else None, constraints)
+        number, ended = self._tell(live, attrs, values if ok else None, constraints)
         self.sampler_seconds += time.perf_counter() - t0
-        storage = self.study._storage
-        view = st.view(storage.get_trial(live.record_id if live.record_id is not None else
-                                         storage.get_trial_id_from_study_id_trial_number(
-                                             self.study._study_id, number)))
+        if live.record_id is not None and ended is not None:
+            # What was just written, without reading it back (~4 ms a trial on SQLite).
+            view = st.view_from(number, attrs, {f"constraints:{k}": v for k, v in
+                                                constraints.items()}, live.started, ended)
+        else:
+            storage = self.study._storage
+            view = st.view(storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
+                self.study._study_id, number)))
         assert view is not None
         self.on_finish(view)
 
@@ -292,14 +298,16 @@ class PolicySearcher(Searcher):
         return st.INTERRUPTED, None  # cut by Ctrl-C or the time budget: it will run again
 
     def _tell(self, live: _Live, attrs: dict[str, Any], values: list[float] | None,
-              constraints: dict[str, float]) -> int:
+              constraints: dict[str, float]) -> tuple[int, float | None]:
+        """Record the ended trial and tell the sampler; its number and, for a trial recorded
+        through write_trial with an end, the completion time written."""
         if live.baseline:
-            return self._add_baseline(attrs, values, constraints)
+            return self._add_baseline(attrs, values, constraints), None
         ot = live.ot
         assert ot is not None
         if live.record_id is not None:  # the study gets the record, the sampler's copy the result
             end = (TrialState.FAIL, None) if values is None else (TrialState.COMPLETE, values)
-            st.write_trial(self.study, live.record_id, attrs, constraints, end=end)
+            ended = st.write_trial(self.study, live.record_id, attrs, constraints, end=end)
             for k, v in constraints.items():  # in memory: what a constrained sampler reads
                 self.sampler_study._storage.set_trial_system_attr(
                     ot._trial_id, f"constraints:{k}", float(v))
@@ -308,7 +316,7 @@ class PolicySearcher(Searcher):
             else:
                 self.sampler_study.tell(ot, values)
             assert live.number is not None
-            return live.number
+            return live.number, ended
         st.write_trial(self.study, ot._trial_id, attrs, constraints)
         ot._cached_frozen_trial.user_attrs.update(attrs)  # what set_user_attr would have cached
         ot._cached_frozen_trial.system_attrs.update(
@@ -317,7 +325,7 @@ class PolicySearcher(Searcher):
             self.study.tell(ot, state=TrialState.FAIL)
         else:
             self.study.tell(ot, values)
-        return ot.number
+        return ot.number, None
 
     def _add_baseline(self, attrs: dict[str, Any], values: list[float] | None,
                       constraints: dict[str, float]) -> int:
@@ -394,7 +402,8 @@ _RAY_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestam
              "should_checkpoint", "diverged", "trial_number"}
 
 
-def _CURVE_KEYS(result: dict) -> set[str]:  # noqa: N802 - reads like a constant set
-    """The metrics a trial itself reported (Ray adds bookkeeping fields of its own)."""
-    return {k for k, v in result.items() if k not in _RAY_KEYS and not k.startswith(("autotune_", "config/"))
+def _reported(result: dict) -> dict[str, float]:
+    """The metrics a trial itself reported (Ray adds bookkeeping fields of its own), as floats."""
+    return {k: float(v) for k, v in result.items()
+            if k not in _RAY_KEYS and not k.startswith(("autotune_", "config/"))
             and isinstance(v, int | float) and not isinstance(v, bool)}

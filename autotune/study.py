@@ -206,25 +206,31 @@ def sqlite_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def view(t: FrozenTrial) -> TrialView | None:
-    status = t.user_attrs.get(STATUS)
+    return view_from(t.number, t.user_attrs, t.system_attrs,
+                     t.datetime_start.timestamp() if t.datetime_start else None,
+                     t.datetime_complete.timestamp() if t.datetime_complete else None)
+
+
+def view_from(number: int, user_attrs: dict[str, Any], system_attrs: dict[str, Any],
+              started: float | None, ended: float | None) -> TrialView | None:
+    """The view of a trial from what was written for it (None while it has no final status)."""
+    status = user_attrs.get(STATUS)
     if status not in FINAL_STATUSES:
         return None
-    constraints = t.system_attrs.get("constraints")
+    constraints = system_attrs.get("constraints")
     feasible = True
     if constraints:
         feasible = all(v <= 0 for v in constraints)
     else:
-        feasible = all(v <= 0 for k, v in t.system_attrs.items() if k.startswith("constraints:"))
+        feasible = all(v <= 0 for k, v in system_attrs.items() if k.startswith("constraints:"))
     return TrialView(
-        number=t.number, status=status, policy=dict(t.user_attrs.get(POLICY, {})),
-        metrics={k: float(v) for k, v in (t.user_attrs.get(METRICS) or {}).items()},
-        curves=list(t.user_attrs.get(CURVES) or []),
-        stopped_at_epoch=t.user_attrs.get(STOPPED_AT), error=t.user_attrs.get(ERROR),
-        ray_trial_id=t.user_attrs.get(RAY_ID), baseline=bool(t.user_attrs.get(BASELINE)),
-        feasible=feasible,
-        started=t.datetime_start.timestamp() if t.datetime_start else None,
-        ended=t.datetime_complete.timestamp() if t.datetime_complete else None,
-        node=t.user_attrs.get(NODE), host=t.user_attrs.get(HOST),
+        number=number, status=status, policy=dict(user_attrs.get(POLICY, {})),
+        metrics={k: float(v) for k, v in (user_attrs.get(METRICS) or {}).items()},
+        curves=list(user_attrs.get(CURVES) or []),
+        stopped_at_epoch=user_attrs.get(STOPPED_AT), error=user_attrs.get(ERROR),
+        ray_trial_id=user_attrs.get(RAY_ID), baseline=bool(user_attrs.get(BASELINE)),
+        feasible=feasible, started=started, ended=ended,
+        node=user_attrs.get(NODE), host=user_attrs.get(HOST),
     )
 
 
@@ -252,38 +258,42 @@ def _rdb(study: optuna.Study) -> Any:
 
 
 def create_running(study: optuna.Study, params: dict[str, Any],
-                   distributions: dict[str, Any]) -> tuple[int, int]:
+                   distributions: dict[str, Any]) -> tuple[int, int, float]:
     """Record a RUNNING trial with its params (a killed driver leaves it for recover_interrupted
-    to rerun); returns its storage id and number."""
+    to rerun); returns its storage id, number and start time (as `view` reads it back)."""
     backend = _rdb(study)
     if backend is None:
         running = optuna.trial.create_trial(state=TrialState.RUNNING, params=params,
                                             distributions=distributions)
         trial_id = study._storage.create_new_trial(study._study_id, template_trial=running)
-        return trial_id, study._storage.get_trial_number_from_id(trial_id)
+        t = study._storage.get_trial(trial_id)
+        return trial_id, t.number, t.datetime_start.timestamp()
     from datetime import datetime
 
-    import sqlalchemy
+    import sqlalchemy as sa
     from optuna.distributions import distribution_to_json
     from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
 
-    started = datetime.now()
-    with _create_scoped_session(backend.scoped_session, True) as session:
-        # The study row's lock makes the trial's number safe against a second writer, as in Optuna.
-        models.StudyModel.find_or_raise_by_id(study._study_id, session, for_update=True)
-        trial = models.TrialModel(study_id=study._study_id, number=None, state=TrialState.RUNNING,
-                                  datetime_start=started)
-        session.add(trial)
-        session.flush()
+    trials, started = models.TrialModel.__table__, datetime.now()
+    # SQLAlchemy Core on Optuna's tables: its ORM session (flush, identity map) was half the cost.
+    with backend.engine.begin() as conn:
+        # The study row's lock makes the trial's number safe against a second writer, as in
+        # Optuna (SQLite locks the whole file for the transaction instead).
+        studies = models.StudyModel.__table__
+        conn.execute(sa.select(studies.c.study_id).where(
+            studies.c.study_id == study._study_id).with_for_update())
+        trial_id = conn.execute(sa.insert(trials).values(
+            study_id=study._study_id, number=None, state=TrialState.RUNNING,
+            datetime_start=started)).inserted_primary_key[0]
         if params:
-            session.execute(sqlalchemy.insert(models.TrialParamModel), [
-                {"trial_id": trial.trial_id, "param_name": name,
+            conn.execute(sa.insert(models.TrialParamModel.__table__), [
+                {"trial_id": trial_id, "param_name": name,
                  "param_value": distributions[name].to_internal_repr(value),
                  "distribution_json": distribution_to_json(distributions[name])}
                 for name, value in params.items()])
-        trial.number = trial.count_past_trials(session)
-        trial_id, number = trial.trial_id, trial.number
+        number = conn.execute(sa.select(sa.func.count()).select_from(trials).where(
+            trials.c.study_id == study._study_id, trials.c.trial_id < trial_id)).scalar_one()
+        conn.execute(sa.update(trials).where(trials.c.trial_id == trial_id).values(number=number))
     cache_add = getattr(study._storage, "_add_trials_to_cache", None)
     if cache_add is not None:  # what _CachedStorage.create_new_trial would have remembered
         frozen = optuna.trial.FrozenTrial(
@@ -292,14 +302,15 @@ def create_running(study: optuna.Study, params: dict[str, Any],
             user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=trial_id)
         with study._storage._lock:
             cache_add(study._study_id, [frozen])
-    return trial_id, number
+    return trial_id, number, started.timestamp()
 
 
 def write_trial(study: optuna.Study, trial_id: int, user: dict[str, Any],
                 constraints: dict[str, float],
-                end: tuple[TrialState, list[float] | None] | None = None) -> None:
+                end: tuple[TrialState, list[float] | None] | None = None) -> float | None:
     """A trial's user attributes and constraint values in one transaction, and with `end` its
-    final state and values too (what `Study.tell` would write in one more)."""
+    final state and values too (what `Study.tell` would write in one more); returns the
+    completion time written with `end` (as `view` reads it back)."""
     system = {f"constraints:{k}": float(v) for k, v in constraints.items()}
     backend = _rdb(study)
     if backend is None:
@@ -307,30 +318,45 @@ def write_trial(study: optuna.Study, trial_id: int, user: dict[str, Any],
             study._storage.set_trial_user_attr(trial_id, key, value)
         for key, value in system.items():
             study._storage.set_trial_system_attr(trial_id, key, value)
-        if end is not None:
-            study._storage.set_trial_state_values(trial_id, end[0], end[1])
-        return
+        if end is None:
+            return None
+        study._storage.set_trial_state_values(trial_id, end[0], end[1])
+        ended = study._storage.get_trial(trial_id).datetime_complete
+        return ended.timestamp() if ended else None
     from datetime import datetime
 
-    import sqlalchemy
+    import sqlalchemy as sa
     from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
 
-    with _create_scoped_session(backend.scoped_session, True) as session:
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-        backend.check_trial_is_updatable(trial_id, trial.state)
+    trials = models.TrialModel.__table__
+    with backend.engine.begin() as conn:
+        state = conn.execute(sa.select(trials.c.state).where(
+            trials.c.trial_id == trial_id).with_for_update()).scalar_one_or_none()
+        if state is None:
+            raise KeyError(f"No trial with trial_id {trial_id} exists.")
+        backend.check_trial_is_updatable(trial_id, state)
         for model, attrs in ((models.TrialUserAttributeModel, user),
                              (models.TrialSystemAttributeModel, system)):
             if not attrs:
                 continue
+            table = model.__table__
             # Replace, as set_*_attr does: an enqueued rerun already carries some attributes.
-            session.execute(sqlalchemy.delete(model).where(
-                model.trial_id == trial_id, model.key.in_(list(attrs))))
-            session.execute(sqlalchemy.insert(model), [
+            conn.execute(sa.delete(table).where(table.c.trial_id == trial_id,
+                                                table.c.key.in_(list(attrs))))
+            conn.execute(sa.insert(table), [
                 {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
                 for k, v in attrs.items()])
-        if end is not None:  # as RDBStorage.set_trial_state_values does it
-            for objective, v in enumerate(end[1] or ()):
-                backend._set_trial_value_without_commit(session, trial, objective, v)
-            trial.state = end[0]
-            trial.datetime_complete = datetime.now()
+        if end is None:
+            return None
+        # As RDBStorage.set_trial_state_values does it, the values in one statement.
+        values = models.TrialValueModel.__table__
+        conn.execute(sa.delete(values).where(values.c.trial_id == trial_id))
+        if end[1]:
+            conn.execute(sa.insert(values), [
+                dict(zip(("value", "value_type"), models.TrialValueModel.value_to_stored_repr(v)),
+                     trial_id=trial_id, objective=objective)
+                for objective, v in enumerate(end[1])])
+        completed = datetime.now()
+        conn.execute(sa.update(trials).where(trials.c.trial_id == trial_id).values(
+            state=end[0], datetime_complete=completed))
+    return completed.timestamp()

@@ -204,33 +204,39 @@ class Recorder:
         self._front_tags: dict[tuple[str, int], dict[str, str]] = {}  # a child's pareto tags
         self._retry_at, self._delay, self._outage = 0.0, 1.0, False
         self._sender: subprocess.Popen[bytes] | None = None
-        self._opened = threading.Event()
+        self._background, self._ready = background, False
         self._open_error: TrackingError | None = None
         if not background:
-            self._client = _client(tracking_uri)
-            self._opened.set()
+            self._client, self._ready = _client(tracking_uri), True
             self._drain(time.monotonic() + _CALL_BUDGET_S)  # whatever a previous process left
             return
-        # Opening a new SQLite store creates its tables (~2 s of CPU): done beside the study's
-        # start-up (Ray's), and ready() before the first trial says whether it worked. The
-        # sender process sends what a previous process left.
-        threading.Thread(target=self._open, name="autotune-mlflow-open", daemon=True).start()
+        # The sender process opens the store (a new SQLite store's tables cost ~2 s of CPU, beside
+        # Ray's start-up instead of on the driver), sends what a previous process left, and says
+        # whether the store opened: ready() reads it before the first trial. This process opens
+        # its own client only for the final flush.
         self._sender = self._start_sender()
-
-    def _open(self) -> None:
-        try:
-            self._client = _client(self.uri)
-        except TrackingError as e:
-            self._open_error = e
-        finally:
-            self._opened.set()
 
     def ready(self) -> None:
         """Wait until the store is open; a TrackingError (bad URI, unusable store) if it is not."""
-        self._opened.wait()
+        if self._ready:
+            return
         if self._open_error is not None:
-            self.close()
             raise self._open_error
+        assert self._sender is not None and self._sender.stdout is not None
+        line = self._sender.stdout.readline().decode("utf-8", "replace").strip()
+        if line == "ok":
+            self._ready = True
+            return
+        self.close()
+        try:
+            err = json.loads(line.partition(" ")[2])
+        except ValueError:
+            log = (self.spool_dir / "sender.log").read_text(errors="replace")[-2000:]
+            err = {"message": f"autotune's MLflow sender process ended before opening the store "
+                              f"{redact_uri(self.uri)}: {log.strip() or 'no output'}",
+                   "fix": "see the sender's log in " + str(self.spool_dir / "sender.log")}
+        self._open_error = TrackingError(err["message"], fix=err.get("fix"))
+        raise self._open_error
 
     # ---- public API: each call spools one operation, then tries to send the backlog ----
 
@@ -283,6 +289,8 @@ class Recorder:
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Send what is pending, ignoring the outage back-off; True if nothing is left."""
         self.ready()
+        if self._client is None:
+            self._client = _client(self.uri)  # the sender has created the store's tables
         deadline = time.monotonic() + timeout_s
         while True:
             if self._drain(deadline) == 0:
@@ -319,7 +327,7 @@ class Recorder:
             return subprocess.Popen(
                 [sys.executable, "-m", "autotune.tracking", self.uri, self.study,
                  str(self.spool_dir), str(self._http_timeout)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
 
     # ---- the spool ----
 
@@ -328,7 +336,7 @@ class Recorder:
               "ts": int(time.time() * 1000), **data}
         with self._append_lock:
             _append(self._ops, op)
-        if self._sender is None and time.monotonic() >= self._retry_at:
+        if not self._background and time.monotonic() >= self._retry_at:
             self._drain(time.monotonic() + _CALL_BUDGET_S)
 
     def _lines(self) -> list[str]:
@@ -647,7 +655,12 @@ def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> 
         # Below the study's own processes: it fills idle CPU instead of taking it from Ray's
         # controller and the trials; a backlog it leaves is sent by the study's final flush.
         os.nice(10)
-    rec = Recorder(uri, study, Path(spool_dir), http_timeout_s=http_timeout_s)
+    try:
+        rec = Recorder(uri, study, Path(spool_dir), http_timeout_s=http_timeout_s)
+    except TrackingError as e:
+        print("error " + json.dumps({"message": e.message, "fix": e.fix}), flush=True)
+        sys.exit(2)
+    print("ok", flush=True)
     stop = threading.Event()
 
     def watch() -> None:

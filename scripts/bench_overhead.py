@@ -159,7 +159,7 @@ def _warm_imports() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=["ray", "sampler", "mlflow"], action="append")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -197,10 +197,17 @@ def main() -> None:
         "optuna_sqlite_ms": 1e3 * (med("optuna_sqlite", "sampler_s_per_trial") or float("nan")),
         "optuna_memory_ms": 1e3 * (med("optuna_memory", "sampler_s_per_trial") or float("nan")),
     }
-    if summary["bare_ray_wall_s"]:
-        summary["ray_ratio"] = summary["autotune_wall_s"] / summary["bare_ray_wall_s"]
-    if summary["mlflow_wall_s"]:
-        summary["mlflow_ratio"] = summary["mlflow_wall_s"] / summary["autotune_wall_s"]
+    # Ratios are paired: each round's pair ran back to back under the same machine load, and the
+    # median is over rounds (on this shared 2-core machine one round's walls can differ by 1.5x).
+    def paired(num: str, den: str) -> list[float]:
+        return [x["wall_s"] / y["wall_s"] for x, y in zip(res[num], res[den], strict=False)]
+
+    if res["bare_ray"]:
+        summary["ray_ratios"] = paired("autotune", "bare_ray")
+        summary["ray_ratio"] = statistics.median(summary["ray_ratios"])
+    if res["autotune_mlflow"]:
+        summary["mlflow_ratios"] = paired("autotune_mlflow", "autotune")
+        summary["mlflow_ratio"] = statistics.median(summary["mlflow_ratios"])
     summary["sampler_ratio"] = summary["autotune_sampler_ms"] / summary["optuna_sqlite_ms"]
     print(json.dumps({k: v for k, v in summary.items() if k != "raw"}, indent=1, default=str))
     if a.json:

@@ -175,6 +175,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["--gpus-per-trial 1 asks for GPUs"]),
     ("flag-unreachable-address", _search("model", "--address", "127.0.0.1:9"),
      ["--address 127.0.0.1:9", "nothing answers"]),
+    ("flag-unsupported-tracking-uri", _search("model", "--tracking-uri", "foo://bar/x"),
+     ["Cannot open the MLflow store foo://bar/x", "--tracking-uri"]),
     ("flag-negative-trials", _search("model", "--trials", "-1"), ["--trials must be at least 1"]),
     ("flag-zero-epochs", _search("model", "--epochs", "0"), ["--epochs must be at least 1"]),
     ("flag-unknown-sampler", _search("model", "--sampler", "bogus"), ["--sampler 'bogus'"]),

@@ -251,7 +251,10 @@ def test_adapter_save_restore_and_state_path(tmp_path: Path) -> None:
     path = tmp_path / "sched" / "state.json"
     sched = _asha(state_path=path)
     sched.on_trial_result(None, _FakeTrial("a"), {"epoch": 3, "acc": 0.9, "cost": 1.0})
+    assert path.exists()  # the first change is written at once
     sched.on_trial_result(None, _FakeTrial("b"), {"epoch": 3, "acc": 0.1, "cost": 5.0})
+    assert json.loads(path.read_text())["stopped"] == {}  # the next only a second later...
+    sched.flush()  # ...or when the driver flushes
     assert json.loads(path.read_text())["stopped"] == {"b": 3}
     resumed = _asha(state_path=path)  # a resumed study picks the rung data up
     assert resumed.rungs.rung_table() == sched.rungs.rung_table()

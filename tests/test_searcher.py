@@ -211,3 +211,16 @@ def test_on_a_database_an_interrupted_trial_reruns_with_its_params(tmp_path: Pat
     assert cfg["policy"]["batch_size"] == 64 and cfg["trial_number"] == 2
     assert [(t.params["batch_size"], t.state) for t in study.trials] == [
         (32, TrialState.COMPLETE), (64, TrialState.FAIL), (64, TrialState.RUNNING)]
+
+
+def test_on_a_database_the_view_handed_on_is_what_the_study_reads_back(tmp_path: Path) -> None:
+    """The driver gets each ended trial's view without reading it back from SQLite: it must be
+    exactly what a later run reads (MLflow's replay idempotency keys on its times)."""
+    s, study, _ = make_scripted([32, 64], storage=f"sqlite:///{tmp_path / 's.db'}")
+    finished: list = []
+    s.on_finish = finished.append
+    run(s, "a", rows(9, 0.9, 1.0), status="finished")
+    run(s, "b", rows(3, 0.8, 0.5), status="failed")
+    again = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert [view(t) for t in again.trials] == finished
+    assert finished[0].started < finished[0].ended and finished[1].status == "failed"
