@@ -134,16 +134,8 @@ class StudyRecorder:
                                         timestamp_ms=ended[-1] if ended else None, series=series)
         if status is not None:
             self.recorder.end_study(status)
-        # Patient while the server takes records (a backlog after an outage can take longer than
-        # one window on a busy server); gives up after a window without progress.
-        left = self.recorder.pending()
         try:
-            while not self.recorder.flush(timeout_s=10):
-                now = self.recorder.pending()
-                if now >= left:
-                    return now
-                left = now
-            return 0
+            return self.recorder.send_all(window_s=10)
         finally:
             self.recorder.close()
 
@@ -160,7 +152,7 @@ class StudyRecorder:
         """The driver died of an error: the parent run says FAILED (a resume marks it RUNNING)."""
         self.recorder.end_study("FAILED")
         with contextlib.suppress(TrackingError):  # the store never opened: it stays spooled
-            self.recorder.flush(timeout_s=5)
+            self.recorder.send_all(window_s=5)
         self.recorder.close()
 
     def ready(self) -> None:

@@ -303,6 +303,36 @@ class Recorder:
         with self._append_lock:
             return len(self._read()[0])
 
+    def send_all(self, window_s: float = 10.0) -> int:
+        """Send everything spooled, patient while records go out (a backlog after an outage can
+        take longer than one window on a busy server) and giving up after `window_s` without
+        progress; returns how many records are left. The sender process sends them, its client
+        already open, then exits; without one (it died, or none was started) this process does."""
+        self.ready()
+        sender, left = self._sender, self.pending()
+        if sender is not None and sender.poll() is None:
+            self._sender = None
+            with contextlib.suppress(OSError):
+                sender.stdin.write(b"drain\n")  # type: ignore[union-attr]
+                sender.stdin.close()  # type: ignore[union-attr]
+            while True:
+                try:
+                    sender.wait(timeout=window_s)
+                    return self.pending()
+                except subprocess.TimeoutExpired:
+                    now = self.pending()
+                    if now >= left:
+                        sender.kill()  # an op it was applying stays spooled: sent again later
+                        sender.wait()
+                        return now
+                    left = now
+        while not self.flush(timeout_s=window_s):
+            now = self.pending()
+            if now >= left:
+                return now
+            left = now
+        return 0
+
     def close(self) -> None:
         """Stop the sender process (what it has not sent stays spooled for the next flush)."""
         sender, self._sender = self._sender, None
@@ -650,7 +680,8 @@ _SENDER_POLL_S = 0.1
 
 def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> None:
     """The sender process: apply what the study spools until its stdin closes (the study ended,
-    or died: its end of the pipe closes with it)."""
+    or died: its end of the pipe closes with it); after a "drain" line, send all that is left,
+    as long as records go out, before exiting."""
     with contextlib.suppress(OSError, AttributeError):
         # Below the study's own processes: it fills idle CPU instead of taking it from Ray's
         # controller and the trials; a backlog it leaves is sent by the study's final flush.
@@ -661,10 +692,12 @@ def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> 
         print("error " + json.dumps({"message": e.message, "fix": e.fix}), flush=True)
         sys.exit(2)
     print("ok", flush=True)
-    stop = threading.Event()
+    stop, drain = threading.Event(), threading.Event()
 
     def watch() -> None:
-        sys.stdin.buffer.read()
+        for line in sys.stdin.buffer:
+            if line.strip() == b"drain":
+                drain.set()
         stop.set()
 
     threading.Thread(target=watch, daemon=True).start()
@@ -674,6 +707,13 @@ def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> 
         with contextlib.suppress(OSError):
             if rec._ops.stat().st_size:
                 rec._drain(time.monotonic() + _CALL_BUDGET_S)
+    if drain.is_set():
+        left = rec.pending()
+        while not rec.flush(timeout_s=10):
+            now = rec.pending()
+            if now >= left:
+                break
+            left = now
 
 
 if __name__ == "__main__":
