@@ -7,6 +7,8 @@ default's cost, and the knobs that policy changed.
 Each study is a real search with real training (Ray Tune, MO-TPE, multi-objective early stopping,
 objectives: quality and train_time_s, 1 CPU per trial, 2 trials at a time, tracking off). The default
 policy is the study's first trial, so its costs are measured under the same conditions as the others.
+One search is one draw: --seeds searches per study (seeds seed, seed+1, ...), and for each cost the
+table reports the search with the median ratio (its trial and knobs) and every seed's ratio.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from benchlib import ROOT, command, machine, versions  # noqa: E402
 
 STUDIES = {
     # study: (model file, trials, tolerance, relative?)
-    "digits": (ROOT / "studies/digits/model.py", 40, 0.005, False),
+    # digits: 40 trials finished only 8-13 (early stopping stops the rest) and the median ratio moved
+    # from 0.32x to 1.0x between draws; 80 trials (~1 min a search) leave a usable front.
+    "digits": (ROOT / "studies/digits/model.py", 80, 0.005, False),
     "charlm": (ROOT / "studies/charlm/model.py", 24, 0.01, True),
 }
 COSTS = ("train_time_s", "train_flops", "infer_latency_ms")
@@ -78,18 +82,34 @@ def main() -> None:
     ap.add_argument("--studies", nargs="+", default=list(STUDIES))
     ap.add_argument("--trials", type=int, default=None, help="override each study's trial count")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=3, help="searches per study")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     out = {"command": command(), "machine": machine(), "versions": versions(),
            "date": time.strftime("%Y-%m-%d"), "studies": {}}
     for name in a.studies:
-        r = run(name, a.trials, a.seed)
-        out["studies"][name] = r
-        print(f"{name}: {r['trials']} trials in {r['wall_s']:.0f}s {r['statuses']}; baseline "
-              f"{r['baseline'] and r['baseline']['metrics']}", flush=True)
-        for cost, b in r["best"].items():
-            print(f"  cheapest in {cost}: trial {b['trial']} {r['quality']} {b['quality']:.4g} "
-                  f"ratio {b['ratio']:.3f}  knobs {b['knobs']}", flush=True)
+        runs = []
+        for seed in range(a.seed, a.seed + a.seeds):
+            r = run(name, a.trials, seed)
+            runs.append(r)
+            print(f"{name} seed {seed}: {r['trials']} trials in {r['wall_s']:.0f}s {r['statuses']}; "
+                  f"baseline {r['baseline'] and r['baseline']['metrics']}", flush=True)
+            for cost, b in r["best"].items():
+                print(f"  cheapest in {cost}: trial {b['trial']} {r['quality']} {b['quality']:.4g} "
+                      f"ratio {b['ratio']:.3f}  knobs {b['knobs']}", flush=True)
+        out["studies"][name] = summary = dict(runs[0], seeds=list(range(a.seed, a.seed + a.seeds)),
+                                              best={}, seed_ratios={})
+        for cost in COSTS:
+            # A seed whose search found nothing within tolerance counts as no saving (ratio 1).
+            found = sorted(((r["best"][cost]["ratio"] if cost in r["best"] else 1.0), i)
+                           for i, r in enumerate(runs))
+            summary["seed_ratios"][cost] = [r["best"][cost]["ratio"] if cost in r["best"] else None
+                                            for r in runs]
+            ratio, i = found[(len(found) - 1) // 2]  # the median search (lower one of two)
+            if cost in runs[i]["best"]:
+                summary["best"][cost] = dict(runs[i]["best"][cost], seed=summary["seeds"][i])
+            print(f"{name} {cost}: median ratio {ratio:.3f} over seeds "
+                  f"{summary['seed_ratios'][cost]}", flush=True)
     if a.json:
         a.json.write_text(json.dumps(out, indent=1, default=lambda x: None if isinstance(x, float)
                                      and not math.isfinite(x) else str(x)))
