@@ -125,6 +125,9 @@ def _client(uri: str) -> Any:
         # Opening a SQLite store creates or migrates its tables; two studies starting at once in
         # one home would race there (alembic: "expected to match one row"): one at a time.
         with FileLock(str(root.parent / ".mlflow.db.lock")):
+            db = Path(uri[len("sqlite:///"):].split("?")[0])
+            if not db.exists():
+                _create_sqlite_store(db)
             client = MlflowClient(tracking_uri=uri)
             _sqlite_wal(client)
             return client
@@ -132,6 +135,24 @@ def _client(uri: str) -> Any:
         raise TrackingError(f"Cannot open the MLflow store {redact_uri(uri)}: "
                             f"{_redact_text(str(e))}",
                             fix="check --tracking-uri / MLFLOW_TRACKING_URI.") from e
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """Create a new SQLite store's tables in a file beside it, then rename it into place.
+
+    MLflow builds a new store with a long run of migrations, not one transaction: a process
+    killed in between (a study's driver is, by users and by tests/test_reliability.py) left a
+    half-made database that no later run could open ("table ... already exists"). A rename is
+    atomic; a killed creation leaves only a `.new-<pid>` file, removed by the next one.
+    """
+    from mlflow.tracking import MlflowClient
+
+    for stale in db.parent.glob(db.name + ".new-*"):
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f"{db.name}.new-{os.getpid()}")
+    made = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
+    made._tracking_client.store.engine.dispose()  # rollback journal, no WAL: one file to move
+    os.replace(tmp, db)
 
 
 def _sqlite_wal(client: Any) -> None:
