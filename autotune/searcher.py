@@ -168,10 +168,9 @@ class PolicySearcher(Searcher):
                     ot.set_user_attr(st.ERROR, exc.message[:500])
                     self.sampler_study.tell(ot, state=TrialState.FAIL)
                     if self._mirrored:
-                        storage = self.study._storage
-                        storage.set_trial_user_attr(record_id, st.STATUS, "invalid")
-                        storage.set_trial_user_attr(record_id, st.ERROR, exc.message[:500])
-                        storage.set_trial_state_values(record_id, TrialState.FAIL)
+                        st.write_trial(self.study, record_id,
+                                       {st.STATUS: "invalid", st.ERROR: exc.message[:500]}, {},
+                                       end=(TrialState.FAIL, None))
                     invalid += 1
                     if invalid >= _MAX_INVALID:
                         break
@@ -379,9 +378,7 @@ class PolicySearcher(Searcher):
 def _sampler_copy(study: optuna.Study) -> optuna.Study:
     """`study` itself, or, when it is on a database, an in-memory study with the same sampler and
     directions holding its finished trials (WAITING ones stay in the database until asked for)."""
-    from optuna.storages import RDBStorage
-
-    if not isinstance(getattr(study._storage, "_backend", study._storage), RDBStorage):
+    if st.rdb_backend(study) is None:
         return study
     copy = optuna.create_study(directions=study.directions, sampler=study.sampler)
     copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])

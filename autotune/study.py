@@ -180,28 +180,14 @@ class Study:
 
 
 def sqlite_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage on a SQLite file in WAL mode with synchronous=NORMAL.
-
-    Optuna commits every param, attribute and state change on its own; with SQLite's default
-    rollback journal each commit is an fsync (~6 ms on the benchmark machine), which made the
-    driver's sampler time alone 2x a bare Ray Tune run of the same trials
-    (scripts/bench_overhead.py). In WAL mode with synchronous=NORMAL a commit is an append, and a
-    killed process (Ctrl-C, kill -9) still loses nothing committed; only a power loss or OS crash
-    may lose the last transactions. Readers and a writer in other processes keep working.
-    """
-    import sqlalchemy
+    """Optuna's RDB storage, on a SQLite file in WAL mode with synchronous=NORMAL (`sqlite.use_wal`):
+    Optuna commits every param, attribute and state change on its own, which with SQLite's
+    rollback journal made the driver's sampler time alone 2x a bare Ray Tune run of the same
+    trials (scripts/bench_overhead.py)."""
+    from autotune.sqlite import use_wal
 
     storage = optuna.storages.RDBStorage(url)
-    if storage.engine.dialect.name == "sqlite":
-
-        @sqlalchemy.event.listens_for(storage.engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        storage.engine.dispose()  # connections made before the listener get the pragmas too
+    use_wal(storage.engine)
     return storage
 
 
@@ -250,7 +236,8 @@ def list_study_names(home: Path | None = None) -> list[str]:
 # in-memory copy (searcher._sampler_copy) holds the same trials and has already checked them.
 
 
-def _rdb(study: optuna.Study) -> Any:
+def rdb_backend(study: optuna.Study) -> Any:
+    """The study's RDBStorage (under Optuna's cache), or None when it is not on a database."""
     from optuna.storages import RDBStorage
 
     backend = getattr(study._storage, "_backend", study._storage)
@@ -261,7 +248,7 @@ def create_running(study: optuna.Study, params: dict[str, Any],
                    distributions: dict[str, Any]) -> tuple[int, int, float]:
     """Record a RUNNING trial with its params (a killed driver leaves it for recover_interrupted
     to rerun); returns its storage id, number and start time (as `view` reads it back)."""
-    backend = _rdb(study)
+    backend = rdb_backend(study)
     if backend is None:
         running = optuna.trial.create_trial(state=TrialState.RUNNING, params=params,
                                             distributions=distributions)
@@ -312,7 +299,7 @@ def write_trial(study: optuna.Study, trial_id: int, user: dict[str, Any],
     final state and values too (what `Study.tell` would write in one more); returns the
     completion time written with `end` (as `view` reads it back)."""
     system = {f"constraints:{k}": float(v) for k, v in constraints.items()}
-    backend = _rdb(study)
+    backend = rdb_backend(study)
     if backend is None:
         for key, value in user.items():
             study._storage.set_trial_user_attr(trial_id, key, value)
@@ -353,7 +340,8 @@ def write_trial(study: optuna.Study, trial_id: int, user: dict[str, Any],
         conn.execute(sa.delete(values).where(values.c.trial_id == trial_id))
         if end[1]:
             conn.execute(sa.insert(values), [
-                dict(zip(("value", "value_type"), models.TrialValueModel.value_to_stored_repr(v)),
+                dict(zip(("value", "value_type"), models.TrialValueModel.value_to_stored_repr(v),
+                         strict=True),
                      trial_id=trial_id, objective=objective)
                 for objective, v in enumerate(end[1])])
         completed = datetime.now()

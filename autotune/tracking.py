@@ -156,28 +156,14 @@ def _create_sqlite_store(db: Path) -> None:
 
 
 def _sqlite_wal(client: Any) -> None:
-    """The SQLite MLflow store in WAL mode with synchronous=NORMAL, as autotune's Optuna storage.
-
-    MLflow commits several times a call, and with SQLite's rollback journal every commit is an
-    fsync: three quarters of the driver's recording time in a profile of 200 trials
-    (scripts/bench_overhead.py). In WAL mode a commit is an append; a killed process loses
-    nothing committed, only a power loss may lose the last ones. WAL is a property of the file,
-    kept for `mlflow ui` and every later reader; synchronous is set on each connection.
-    """
-    import sqlalchemy
+    """The SQLite MLflow store in WAL mode (`sqlite.use_wal`), as autotune's Optuna storage:
+    MLflow commits several times a call, and the rollback journal's fsyncs were three quarters
+    of the driver's recording time in a profile of 200 trials (scripts/bench_overhead.py)."""
+    from autotune.sqlite import use_wal
 
     engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
-    if engine is None or engine.dialect.name != "sqlite":
-        return
-
-    @sqlalchemy.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    engine.dispose()  # pooled connections made before the listener get the pragmas too
+    if engine is not None:
+        use_wal(engine)
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -729,12 +715,7 @@ def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> 
             if rec._ops.stat().st_size:
                 rec._drain(time.monotonic() + _CALL_BUDGET_S)
     if drain.is_set():
-        left = rec.pending()
-        while not rec.flush(timeout_s=10):
-            now = rec.pending()
-            if now >= left:
-                break
-            left = now
+        rec.send_all(window_s=10)  # this Recorder has no sender: it sends them itself
 
 
 if __name__ == "__main__":
