@@ -72,12 +72,12 @@ def _html(df: pd.DataFrame, x: str, y: str, title: str, path: Path) -> None:
 
 
 def _png(df: pd.DataFrame, x: str, y: str, title: str, path: Path) -> None:
-    import matplotlib
+    # matplotlib's object API, not pyplot: no global figure state (a study writes these files from
+    # a thread while Ray shuts down) and no GUI backend to pick on a server.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display on servers and in CI
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     dom = df[~df.on_front]
     ax.scatter(dom[x], dom[y], c="lightgray", label="dominated")
     front = df[df.on_front].sort_values(x)
@@ -91,4 +91,3 @@ def _png(df: pd.DataFrame, x: str, y: str, title: str, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

@@ -8,6 +8,7 @@ import platform
 import shlex
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,16 @@ class StudyRecorder:
             return self.recorder.send_all(window_s=10)
         finally:
             self.recorder.close()
+
+    def finish_soon(self, front: Front, status: str | None = None) -> Future[int]:
+        """finish() in a thread, so that the caller can shut Ray down meanwhile (the front files
+        and the sender's last records took ~2 s after the last trial, scripts/bench_overhead.py);
+        the future's result is finish()'s."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="autotune-finish")
+        try:
+            return pool.submit(self.finish, front, status)
+        finally:
+            pool.shutdown(wait=False)
 
     def unsent_message(self, left: int) -> str:
         """What to tell the user when the study ends while MLflow is unreachable."""

@@ -419,8 +419,6 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
 
     if isinstance(scheduler, MultiObjectiveASHA):
         scheduler.set_progress(spent())  # late in the study it promotes more (scheduler.py)
-    progress = Progress(console, study.name, config.trials, len(views), min(slots, remaining),
-                        objectives[0])
 
     def on_finish(view: Any) -> None:
         all_views.append(view)
@@ -446,8 +444,8 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
                       "device": "cuda" if opts.gpus_per_trial > 0 else "cpu",
                       "trial_timeout_s": opts.trial_timeout_s})
 
-    refresh = _refresh_callback(lambda: progress.refresh(running=len(searcher.live)))
-
+    progress = Progress(console, study.name, config.trials, len(views), min(slots, remaining),
+                        objectives[0], running=lambda: len(searcher.live))
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
@@ -459,7 +457,7 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
         run_config=tune.RunConfig(
             name=f"run-{int(time.time())}", verbose=1 if opts.verbose else 0,
             storage_path=_ray_storage(opts, study),
-            callbacks=[refresh], log_to_file=True,
+            log_to_file=True,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             stop=_stop_ended_trial),
     )
@@ -479,7 +477,9 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
     final_views = study.trial_views(ostudy)
     front = compute_front(final_views, objectives)
     complete = len(final_views) >= config.trials
-    if recorder and (left := recorder.finish(front, "FINISHED" if complete else "KILLED")):
+    finishing = recorder.finish_soon(front, "FINISHED" if complete else "KILLED") if recorder else None
+    ray.shutdown()  # (again in _drive: a no-op) Ray's processes end while MLflow gets the last records
+    if finishing and (left := finishing.result()):
         console.print(recorder.unsent_message(left), highlight=False, soft_wrap=True)
     console.print(front_table(front, f"Pareto front of {study.name} ({len(final_views)} trials)"))
     _summary(console, final_views, front, objectives)
@@ -530,30 +530,6 @@ def _stop_ended_trial(trial_id: str, result: dict[str, Any]) -> bool:
     """Tune stop criterion: a trial that reported its end (failed, timed out, diverged) stops now,
     even if its thread is still running (a hang the watchdog caught)."""
     return result.get("autotune_status") in ("failed", "diverged")
-
-
-def _refresh_callback(fn: Any) -> Any:
-    """A Tune callback that redraws the progress panel on every controller step."""
-    from ray import tune
-
-    global _Refresh
-    if "_Refresh" not in globals():
-
-        class _Refresh(tune.Callback):  # module-level so cloudpickle pickles it by reference
-            fn: Any = None
-
-            def __getstate__(self) -> dict[str, Any]:
-                return {}  # Ray pickles callbacks with the experiment; the display stays here
-
-            def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-                if self.fn is not None:
-                    self.fn()
-
-        _Refresh.__qualname__ = "_Refresh"
-        globals()["_Refresh"] = _Refresh
-    cb = globals()["_Refresh"]()
-    cb.fn = fn
-    return cb
 
 
 def _summary(console: Console, views: list[Any], front: Any, objectives: list[Objective]) -> None:

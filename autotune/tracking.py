@@ -143,16 +143,60 @@ def _create_sqlite_store(db: Path) -> None:
     MLflow builds a new store with a long run of migrations, not one transaction: a process
     killed in between (a study's driver is, by users and by tests/test_reliability.py) left a
     half-made database that no later run could open ("table ... already exists"). A rename is
-    atomic; a killed creation leaves only a `.new-<pid>` file, removed by the next one.
+    atomic; a killed creation leaves only a `.new-<pid>` file, removed by the next one. The
+    tables come from a copy of `_schema_template()` when there is one: the migrations cost ~2 s
+    of CPU per new store, which a first study (and every test) paid beside Ray's start-up.
     """
     from mlflow.tracking import MlflowClient
 
     for stale in db.parent.glob(db.name + ".new-*"):
         stale.unlink(missing_ok=True)
     tmp = db.with_name(f"{db.name}.new-{os.getpid()}")
-    made = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
+    template = _schema_template()
+    if template is not None:
+        shutil.copyfile(template, tmp)
+    try:
+        made = MlflowClient(tracking_uri=f"sqlite:///{tmp}")  # adds the Default experiment
+    except Exception:
+        if template is None:
+            raise
+        _log.warning("MLflow schema template %s unusable; building the store's tables", template)
+        template.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        tmp = tmp.with_name(tmp.name + "-built")  # MLflow keeps its engine for the first name
+        made = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
     made._tracking_client.store.engine.dispose()  # rollback journal, no WAL: one file to move
     os.replace(tmp, db)
+
+
+def _schema_template() -> Path | None:
+    """An empty SQLite database holding this MLflow version's migrated tables (no experiments:
+    each store adds its own Default experiment, with its own artifact root), made once per
+    machine in the user's cache; None where it cannot be made (read-only home)."""
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autotune"
+    path = cache / f"mlflow-{mlflow.__version__}-schema.db"
+    if path.is_file():
+        return path
+    tmp = path.with_name(f"{path.name}.new-{os.getpid()}")
+    try:
+        import sqlalchemy
+        from mlflow.store.db.utils import _initialize_tables  # what SqlAlchemyStore runs
+
+        cache.mkdir(parents=True, exist_ok=True)
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
+        os.replace(tmp, path)
+        return path
+    except Exception as e:
+        _log.debug("no MLflow schema template (%s); new stores are built from migrations", e)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return None
 
 
 def _sqlite_wal(client: Any) -> None:
@@ -689,16 +733,17 @@ def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> 
     """The sender process: apply what the study spools until its stdin closes (the study ended,
     or died: its end of the pipe closes with it); after a "drain" line, send all that is left,
     as long as records go out, before exiting."""
-    with contextlib.suppress(OSError, AttributeError):
-        # Below the study's own processes: it fills idle CPU instead of taking it from Ray's
-        # controller and the trials; a backlog it leaves is sent by the study's final flush.
-        os.nice(10)
     try:
         rec = Recorder(uri, study, Path(spool_dir), http_timeout_s=http_timeout_s)
     except TrackingError as e:
         print("error " + json.dumps({"message": e.message, "fix": e.fix}), flush=True)
         sys.exit(2)
     print("ok", flush=True)
+    with contextlib.suppress(OSError, AttributeError):
+        # Below the study's own processes once the store is open (the study waits for that): it
+        # fills idle CPU instead of taking it from Ray's controller and the trials; a backlog it
+        # leaves is sent by the study's final flush.
+        os.nice(10)
     stop, drain = threading.Event(), threading.Event()
 
     def watch() -> None:

@@ -328,3 +328,45 @@ def test_the_sender_process_applies_what_the_study_spools(store: str, tmp_path: 
     assert {n for n, run in kids.items() if run.data.tags["autotune.pareto"] == "true"} == {28, 29}
     assert kids[0].data.tags["autotune.pareto_rank"] == "1"
     assert parent(store, "sender").info.status == "FINISHED"
+
+
+def test_new_sqlite_stores_are_copies_of_one_migrated_schema(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first new store builds MLflow's migrated schema once into the cache; later stores are
+    copies of it, each with its own Default experiment and artifact root, identical in schema to a
+    store MLflow builds itself; a broken template is dropped and the store built the long way."""
+    import sqlite3
+
+    from autotune.tracking import _client, _schema_template
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def schema(db: Path) -> list[tuple]:
+        # Line by line, sorted: MLflow itself orders a table's constraints differently from one
+        # build of the same schema to the next.
+        with sqlite3.connect(db) as con:
+            rows = con.execute("select type, name, sql from sqlite_master "
+                               "where name not like 'sqlite_%'").fetchall()
+        return sorted((t, n, tuple(sorted(ln.strip().rstrip(",") for ln in (sql or "").splitlines())))
+                      for t, n, sql in rows)
+
+    plain = tmp_path / "plain" / "mlflow.db"
+    plain.parent.mkdir()
+    MlflowClient(tracking_uri=f"sqlite:///{plain}")  # MLflow's own migrations, no autotune
+    uris = [f"sqlite:///{tmp_path / name / 'mlflow.db'}" for name in ("a", "b")]
+    for uri in uris:
+        client = _client(uri)
+        [default] = client.search_experiments()
+        assert default.name == "Default"
+        exp = client.create_experiment("autotune/x")
+        client.create_run(exp)
+    template = _schema_template()
+    assert template is not None and template.parent == tmp_path / "cache" / "autotune"
+    with sqlite3.connect(template) as con:  # no experiments: each store adds its own
+        assert con.execute("select count(*) from experiments").fetchone() == (0,)
+    for name in ("a", "b"):
+        assert schema(tmp_path / name / "mlflow.db") == schema(plain)
+    template.write_bytes(b"not a database")
+    client = _client(f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert schema(tmp_path / "c" / "mlflow.db") == schema(plain)
