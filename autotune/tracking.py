@@ -459,12 +459,17 @@ class Recorder:
             for line in bad:
                 self._set_aside({"raw": line}, "unreadable spool line")
             done, sent = 0, []
+            # A front op is a whole snapshot of the ranks: of several waiting for one study, the
+            # last gives the same tags as all of them in turn (a sender behind the study had
+            # spent most of its time re-tagging children for fronts already superseded).
+            last_front = {op.get("study"): i for i, op in enumerate(ops) if op.get("kind") == "front"}
             try:
-                for op in ops:
+                for i, op in enumerate(ops):
                     if time.monotonic() > deadline:
                         break
                     try:
-                        self._apply_once_more_on_refusal(op)
+                        if op.get("kind") != "front" or last_front[op.get("study")] == i:
+                            self._apply_once_more_on_refusal(op)
                         sent.append(op["id"])
                     except _Permanent as e:
                         self._set_aside(op, _redact_text(str(e.__cause__ or e))[:_TAG_LEN])

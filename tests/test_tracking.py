@@ -157,6 +157,28 @@ def test_set_front_follows_the_front(store: str, tmp_path: Path) -> None:
     assert front["trials"] == 5 and front["front"] == 2
 
 
+def test_a_backlog_applies_only_the_last_front_snapshot(store: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Front ops that pile up (the sender is behind) are each a whole snapshot: only the last of
+    a study's is applied, and the tags end as if every one had been."""
+    r = Recorder(store, "backlog", tmp_path / "spool")
+    applied: list[list] = []
+    do_front = r._do_front
+    monkeypatch.setattr(r, "_do_front", lambda op: (applied.append(op["ranks"]), do_front(op)))
+    r._retry_at = time.monotonic() + 3600  # as during an outage: appends only, no sending
+    r.start_study({}, {})
+    for n in range(6):
+        r.log_trial(rec(n))
+        r.set_front({m: 0 if m == n else 1 for m in range(n + 1)})  # each trial takes the front
+    r.log_trial(rec(6))
+    assert r.pending() == 1 + 6 + 6 + 1
+    assert r.flush(timeout_s=30)
+    assert applied == [[[m, 0 if m == 5 else 1] for m in range(6)]]
+    tags = {n: run.data.tags for n, run in children(store, "backlog").items()}
+    assert [tags[n]["autotune.pareto"] for n in range(7)] == ["false"] * 5 + ["true", "false"]
+    assert [tags[n].get("autotune.pareto_rank") for n in range(7)] == ["1"] * 5 + ["0", None]
+
+
 def test_study_summary_metrics_and_artifacts(store: str, tmp_path: Path) -> None:
     r = Recorder(store, "summary", tmp_path / "spool")
     r.start_study({}, {})
