@@ -224,7 +224,6 @@ class EnergyMeter:
     def _nvml_reader(self) -> Callable[[], float] | None:
         try:
             import pynvml
-
             import torch
 
             pynvml.nvmlInit()

@@ -1,4 +1,4 @@
-"""Objectives (`metric:min|max`) and constraints (`metric<=value`): parsed, never eval'd, checked against what is measured."""
+"""Objectives (`metric:min|max`) and constraints (`metric<=value`): parsed, never eval'd, checked as measured."""
 
 from __future__ import annotations
 

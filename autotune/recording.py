@@ -91,11 +91,11 @@ class StudyRecorder:
         self.recorder.log_trial(self._record(view))
         self._mark(view.number)
         # A new child is created with pareto=false, so the tags only need sending when the front's
-        # membership changes: set_front lists every child run, a cost that grows with the study.
-        # Dominated trials' pareto_rank tags are refreshed then and by finish().
+        # membership changes, and then only for the trials that join or leave it (full=False):
+        # the other dominated trials' pareto_rank tags are brought up to date by finish().
         members = frozenset(n for n, r in front.ranks.items() if r == 0)
         if members != self._front_members:
-            self.recorder.set_front(front.ranks)
+            self.recorder.set_front(front.ranks, full=False)
             self._front_members = members
 
     def finish(self, front: Front, status: str | None = None) -> int:

@@ -287,7 +287,8 @@ class PolicySearcher(Searcher):
     def _status(self, trial_id: str, live: _Live, last: dict, error: bool) -> tuple[str, str | None]:
         reported = last.get("autotune_status")
         if error:
-            return "failed", "the trial's worker process crashed or was killed (see the Ray logs under the study folder)"
+            return "failed", ("the trial's worker process crashed or was killed "
+                              "(see the Ray logs under the study folder)")
         if reported in ("failed", "diverged"):
             return reported, str(last.get("autotune_error") or reported)
         if reported == "finished":

@@ -305,8 +305,13 @@ class Recorder:
                      stopped=rec.stopped_at_epoch, error=rec.error, ray=rec.ray_trial_id,
                      start=rec.started_at, end=rec.ended_at, node=rec.node, host=rec.host)
 
-    def set_front(self, ranks: dict[int, int]) -> None:
-        self._submit("front", ranks=[[int(n), int(r)] for n, r in ranks.items()])
+    def set_front(self, ranks: dict[int, int], full: bool = True) -> None:
+        """Tag the study's children with the front: `autotune.pareto` (true for rank 0) and
+        `autotune.pareto_rank`. With full=False only trials that join or leave the front get their
+        rank tag: a live update during the study, where each new trial shifts the ranks of many
+        dominated ones (re-tagging them was a third of the sender's work); the study's last
+        update is full."""
+        self._submit("front", ranks=[[int(n), int(r)] for n, r in ranks.items()], full=full)
 
     def log_study_summary(self, metrics: dict[str, float], artifacts: dict[str, Path],
                           step: int | None = None, timestamp_ms: int | None = None,
@@ -459,16 +464,13 @@ class Recorder:
             for line in bad:
                 self._set_aside({"raw": line}, "unreadable spool line")
             done, sent = 0, []
-            # A front op is a whole snapshot of the ranks: of several waiting for one study, the
-            # last gives the same tags as all of them in turn (a sender behind the study had
-            # spent most of its time re-tagging children for fronts already superseded).
-            last_front = {op.get("study"): i for i, op in enumerate(ops) if op.get("kind") == "front"}
+            superseded = _superseded_fronts(ops)
             try:
                 for i, op in enumerate(ops):
                     if time.monotonic() > deadline:
                         break
                     try:
-                        if op.get("kind") != "front" or last_front[op.get("study")] == i:
+                        if i not in superseded:
                             self._apply_once_more_on_refusal(op)
                         sent.append(op["id"])
                     except _Permanent as e:
@@ -615,12 +617,15 @@ class Recorder:
 
     def _do_front(self, op: dict[str, Any]) -> None:
         study, ranks = op["study"], {n: r for n, r in op["ranks"]}
+        full = op.get("full", True)
         self._list_children(study, self._parent_id(study, op["ts"]))
         for (s, n), have in self._front_tags.items():
             if s != study:
                 continue
             run_id = self._children[(s, n)]
             want = {"autotune.pareto": "true" if ranks.get(n) == 0 else "false"}
+            if not full and have.get("autotune.pareto") == want["autotune.pareto"]:
+                continue  # stays on (or off) the front: its rank tag waits for a full update
             if n in ranks:
                 want["autotune.pareto_rank"] = str(ranks[n])
             if any(have.get(k) != v for k, v in want.items()):  # only what changed: one call
@@ -669,6 +674,24 @@ class Recorder:
             self._client.log_batch(
                 run_id, metrics=chunk, params=[p for p in head if isinstance(p, Param)],
                 tags=[t for t in head if isinstance(t, RunTag)], synchronous=True)
+
+
+def _superseded_fronts(ops: list[dict[str, Any]]) -> set[int]:
+    """Indexes of front ops that a later one of the same study makes redundant. A front op is a
+    whole snapshot of the ranks, so the last one gives the tags all of them would have in turn
+    (a sender behind the study spent most of its time re-tagging children for fronts already
+    superseded); only a full update is not replaced by a later partial one."""
+    out: set[int] = set()
+    later: dict[str, bool] = {}  # study -> a later front op exists (True: a full one)
+    for i in range(len(ops) - 1, -1, -1):
+        op = ops[i]
+        if op.get("kind") != "front":
+            continue
+        study, full = op.get("study"), op.get("full", True)
+        if study in later and (later[study] or not full):
+            out.add(i)
+        later[study] = later.get(study, False) or full
+    return out
 
 
 def _pareto_tags(tags: dict[str, str]) -> dict[str, str]:

@@ -20,7 +20,6 @@ from autotune.knobs import precision as prec
 from autotune.knobs.optim import current_lr, make_optimizer, make_scheduler, rebuild_after_surgery
 from autotune.knobs.pruning import Pruner
 from autotune.policy import Policy
-
 from autotune.runs import Reporter, RunResult
 
 

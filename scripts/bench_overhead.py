@@ -169,11 +169,11 @@ def main() -> None:
                             "optuna_sqlite": [], "optuna_memory": []}
     for r in range(a.rounds):
         seed = r
-        order = [("autotune", lambda: run_autotune(a.trials, False, seed))]
+        order = [("autotune", lambda seed=seed: run_autotune(a.trials, False, seed))]
         if "ray" in only:
-            order.append(("bare_ray", lambda: run_bare_ray(a.trials, seed)))
+            order.append(("bare_ray", lambda seed=seed: run_bare_ray(a.trials, seed)))
         if "mlflow" in only:
-            order.append(("autotune_mlflow", lambda: run_autotune(a.trials, True, seed)))
+            order.append(("autotune_mlflow", lambda seed=seed: run_autotune(a.trials, True, seed)))
         if r % 2:
             order.reverse()
         for name, fn in order:

@@ -47,7 +47,8 @@ def overhead(d: dict) -> str:
         f"process ({d['rounds']} round(s), medians).", "",
         "| measure | autotune | peer | ratio | target |", "|---|---:|---:|---:|---|",
         f"| wall time, `run_search` (tracking off) vs bare Ray Tune Tuner + OptunaSearch | "
-        f"{_f(d.get('autotune_wall_s'))} s | {_f(d.get('bare_ray_wall_s'))} s | {_f(r)}× | ≤ 1.1×: {_ok(r is not None and r <= 1.1)} |",
+        f"{_f(d.get('autotune_wall_s'))} s | {_f(d.get('bare_ray_wall_s'))} s | {_f(r)}× | "
+        f"≤ 1.1×: {_ok(r is not None and r <= 1.1)} |",
         f"| sampler time per trial (ask + suggest + tell, `sampler_seconds`) vs raw Optuna ask/tell, "
         f"same sampler, space and SQLite storage | {_f(d.get('autotune_sampler_ms'))} ms | "
         f"{_f(d.get('optuna_sqlite_ms'))} ms | {_f(s)}× | ≤ 1.5×: {_ok(s is not None and s <= 1.5)} |",
@@ -308,7 +309,7 @@ def main() -> None:
     for title, body in sections.items():
         pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
         if pattern.search(text):
-            text = pattern.sub(lambda _m: body.rstrip() + "\n\n", text)
+            text = pattern.sub(lambda _m, body=body: body.rstrip() + "\n\n", text)
         else:
             text = text.rstrip() + "\n\n" + body.rstrip() + "\n"
     if "Regenerate everything:" not in text:

@@ -179,6 +179,27 @@ def test_a_backlog_applies_only_the_last_front_snapshot(store: str, tmp_path: Pa
     assert [tags[n].get("autotune.pareto_rank") for n in range(7)] == ["1"] * 5 + ["0", None]
 
 
+def test_live_front_updates_tag_only_who_joins_or_leaves(store: str, tmp_path: Path) -> None:
+    """A partial update (during the study) re-tags only the trials whose membership changed; the
+    ranks of trials that stay dominated are refreshed by the next full update (the study's end),
+    which a later partial update does not replace in a backlog."""
+    r = Recorder(store, "partial", tmp_path / "spool")
+    r.start_study({}, {})
+    for n in range(4):
+        r.log_trial(rec(n))
+    r.set_front({0: 0, 1: 1, 2: 2, 3: 3})
+    r.set_front({0: 1, 1: 2, 2: 3, 3: 0}, full=False)  # 3 joins, 0 leaves; 1 and 2 stay dominated
+    tags = {n: run.data.tags for n, run in children(store, "partial").items()}
+    assert [tags[n]["autotune.pareto"] for n in range(4)] == ["false", "false", "false", "true"]
+    assert [tags[n]["autotune.pareto_rank"] for n in range(4)] == ["1", "1", "2", "0"]  # 1, 2 stale
+    r._retry_at = time.monotonic() + 3600  # a backlog: full, then partial
+    r.set_front({0: 1, 1: 2, 2: 3, 3: 0})
+    r.set_front({0: 1, 1: 2, 2: 3, 3: 0}, full=False)
+    assert r.flush(timeout_s=30)
+    tags = {n: run.data.tags for n, run in children(store, "partial").items()}
+    assert [tags[n]["autotune.pareto_rank"] for n in range(4)] == ["1", "2", "3", "0"]
+
+
 def test_study_summary_metrics_and_artifacts(store: str, tmp_path: Path) -> None:
     r = Recorder(store, "summary", tmp_path / "spool")
     r.start_study({}, {})
