@@ -141,6 +141,25 @@ def run_raw_optuna(trials: int, seed: int, storage: bool) -> dict:
     return {"sampler_s_per_trial": t_total / trials}
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """Machine-wide busy (user, nice, system, irq, softirq) and steal clock ticks, /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return v[0] + v[1] + v[2] + v[5] + v[6], v[7]
+
+
+def _measured(fn) -> dict:  # noqa: ANN001
+    """fn()'s result plus the CPU time the whole machine spent while it ran (the study's driver,
+    Ray's processes and the MLflow sender; nothing else runs here) and the time the hypervisor
+    took from this VM (steal): wall times on this shared machine move with the second, the work
+    done does not."""
+    hz = os.sysconf("SC_CLK_TCK")
+    b0, s0 = _cpu_jiffies()
+    out = fn()
+    b1, s1 = _cpu_jiffies()
+    return {**out, "cpu_s": (b1 - b0) / hz, "steal_s": (s1 - s0) / hz}
+
+
 def _warm_imports() -> None:
     """Both sides' driver-side imports, before anything is timed: whichever variant ran first
     would otherwise pay alone for importing torch, Ray Tune and Optuna (2-3 s here)."""
@@ -177,7 +196,7 @@ def main() -> None:
         if r % 2:
             order.reverse()
         for name, fn in order:
-            res[name].append(fn())
+            res[name].append(_measured(fn))
             print(f"round {r} {name}: {res[name][-1]}", flush=True)
         if "sampler" in only:
             res["optuna_sqlite"].append(run_raw_optuna(a.trials, seed, True))
@@ -199,8 +218,8 @@ def main() -> None:
     }
     # Ratios are paired: each round's pair ran back to back under the same machine load, and the
     # median is over rounds (on this shared 2-core machine one round's walls can differ by 1.5x).
-    def paired(num: str, den: str) -> list[float]:
-        return [x["wall_s"] / y["wall_s"] for x, y in zip(res[num], res[den], strict=False)]
+    def paired(num: str, den: str, key: str = "wall_s") -> list[float]:
+        return [x[key] / y[key] for x, y in zip(res[num], res[den], strict=False)]
 
     if res["bare_ray"]:
         summary["ray_ratios"] = paired("autotune", "bare_ray")
@@ -208,6 +227,12 @@ def main() -> None:
     if res["autotune_mlflow"]:
         summary["mlflow_ratios"] = paired("autotune_mlflow", "autotune")
         summary["mlflow_ratio"] = statistics.median(summary["mlflow_ratios"])
+        summary["mlflow_cpu_ratios"] = paired("autotune_mlflow", "autotune", "cpu_s")
+        summary["mlflow_cpu_ratio"] = statistics.median(summary["mlflow_cpu_ratios"])
+    if res["bare_ray"]:
+        summary["ray_cpu_ratios"] = paired("autotune", "bare_ray", "cpu_s")
+        summary["ray_cpu_ratio"] = statistics.median(summary["ray_cpu_ratios"])
+    summary["steal_s"] = {k: [round(x["steal_s"], 2) for x in v] for k, v in res.items() if v and "steal_s" in v[0]}
     summary["sampler_ratio"] = summary["autotune_sampler_ms"] / summary["optuna_sqlite_ms"]
     print(json.dumps({k: v for k, v in summary.items() if k != "raw"}, indent=1, default=str))
     if a.json:
