@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from autotune.cli import app
+from tests.test_cluster import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "studies" / "digits" / "model.py"
@@ -145,16 +145,10 @@ def test_export_bad_rule_and_metric(env: Path) -> None:
     assert "config/" not in unknown.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ui_serves_the_store_on_loopback(env: Path, tmp_path: Path) -> None:
     import psutil
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "autotune", "ui", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,

@@ -30,11 +30,14 @@ pytestmark = pytest.mark.integration
 
 
 class MlflowServer:
-    """`mlflow server` on 127.0.0.1 in its own process group: SQLite store, proxied artefacts
-    (--serve-artifacts is the default) written to a folder in tmp."""
+    """`mlflow server` on 127.0.0.1 in its own process group: a SQLite store in `root` unless
+    `backend` names another (PostgreSQL in tests/test_postgres.py), proxied artefacts
+    (--serve-artifacts is the default) written to a folder in `root`. Shared by the tests that
+    need a real server (test_tracking, test_postgres)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend: str | None = None) -> None:
         self.root = root
+        self.backend = backend or f"sqlite:///{root / 'mlflow.db'}"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -43,7 +46,7 @@ class MlflowServer:
 
     def spawn(self) -> None:
         cmd = [sys.executable, "-m", "mlflow", "server",
-               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--backend-store-uri", self.backend,
                "--artifacts-destination", str(self.root / "artifacts"),
                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - owned by the process

@@ -77,22 +77,6 @@ class Postgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class PostgresMlflowServer(MlflowServer):
-    """`mlflow server` with the PostgreSQL backend store and a proxied artefact store."""
-
-    def __init__(self, root: Path, backend: str) -> None:
-        super().__init__(root)
-        self.backend = backend
-
-    def spawn(self) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend,
-               "--artifacts-destination", str(self.root / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=log,
-                                     start_new_session=True)
-
-
 @pytest.fixture
 def postgres() -> Postgres:
     bindir = _pg_bin()
@@ -117,7 +101,7 @@ def postgres() -> Postgres:
 
 @pytest.mark.timeout(300)
 def test_study_records_to_mlflow_server_on_postgres(tmp_path: Path, postgres: Postgres) -> None:
-    server = PostgresMlflowServer(tmp_path, postgres.uri)
+    server = MlflowServer(tmp_path, backend=postgres.uri)
     server.start()
     try:
         model = copy_model(tmp_path / "project")

@@ -22,7 +22,7 @@ from autotune.objectives import Objective
 from autotune.results import compute_front
 from autotune.study import Study
 from tests.conftest import STUDIES
-from tests.test_tracking import _Server
+from tests.test_mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.integration
 DIGITS = str(STUDIES / "digits" / "model.py")
@@ -228,7 +228,7 @@ def test_tracking_server_down_for_the_whole_study_then_the_next_command_flushes(
     # The server killed mid-study and back before the study ends is tested in
     # tests/test_mlflow_server.py::test_every_trial_once_after_the_outage; here it never comes back
     # while the study runs: the study still finishes and the next command delivers the records.
-    server = _Server(tmp_path)
+    server = MlflowServer(tmp_path)
     secret_uri = f"http://alice:s3cr3t-pw@127.0.0.1:{server.port}"
     model = faulty(tmp_path, "none")
     outputs = []

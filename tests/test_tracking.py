@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from autotune.errors import TrackingError
 from autotune.tracking import Recorder, TrialRecord, list_studies, redact_uri, resolve_tracking_uri
+from tests.test_mlflow_server import MlflowServer
 
 
 @pytest.fixture(scope="module")
@@ -264,43 +260,9 @@ def test_bad_input_is_refused(store: str, tmp_path: Path) -> None:
 # ---- a real MLflow server killed mid-study ----
 
 
-class _Server:
-    def __init__(self, root: Path) -> None:
-        self.root, self.proc = root, None
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-               f"sqlite:///{self.root / 'db.sqlite'}", "--artifacts-destination",
-               str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-               "-w", "1"]
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=log,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 45
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise AssertionError("mlflow server did not become healthy in 45 s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: workers and job runners
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.fixture
 def server(tmp_path: Path):
-    srv = _Server(tmp_path)
+    srv = MlflowServer(tmp_path)
     try:
         yield srv
     finally:
@@ -308,7 +270,7 @@ def server(tmp_path: Path):
 
 
 @pytest.mark.integration
-def test_server_killed_mid_study(server: _Server, tmp_path: Path) -> None:
+def test_server_killed_mid_study(server: MlflowServer, tmp_path: Path) -> None:
     server.start()
     r = Recorder(server.uri, "live", tmp_path / "spool")
     r.start_study({"model": "mlp.py"}, {})
