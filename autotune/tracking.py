@@ -61,11 +61,17 @@ def _key(name: str) -> str:
     return re.sub(r"[^/\w.\- ]", "_", str(name)).strip("/ ")[:_KEY_LEN] or "_"
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store; None for a server or an in-memory store."""
+    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+        return Path(uri[len("sqlite:///"):].split("?")[0])
+    return None
+
+
 def _artifact_root(uri: str) -> Path | None:
     """<db folder>/mlartifacts for a SQLite store, so a stale ./mlruns never receives anything."""
-    if uri.startswith("sqlite:///") and ":memory:" not in uri:
-        return Path(uri[len("sqlite:///"):].split("?")[0]).parent / "mlartifacts"
-    return None
+    db = _sqlite_file(uri)
+    return db.parent / "mlartifacts" if db is not None else None
 
 
 @dataclass(frozen=True)
@@ -116,16 +122,15 @@ def _client(uri: str) -> Any:
     # store; that is MLflow's business, not the user's, so only warnings get through.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    root = _artifact_root(uri)
-    if root is not None:
-        root.parent.mkdir(parents=True, exist_ok=True)
+    db = _sqlite_file(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if root is None:
+        if db is None:
             return MlflowClient(tracking_uri=uri)
         # Opening a SQLite store creates or migrates its tables; two studies starting at once in
         # one home would race there (alembic: "expected to match one row"): one at a time.
-        with FileLock(str(root.parent / ".mlflow.db.lock")):
-            db = Path(uri[len("sqlite:///"):].split("?")[0])
+        with FileLock(str(db.parent / ".mlflow.db.lock")):
             if not db.exists():
                 _create_sqlite_store(db)
             client = MlflowClient(tracking_uri=uri)

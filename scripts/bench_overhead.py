@@ -218,20 +218,17 @@ def main() -> None:
     }
     # Ratios are paired: each round's pair ran back to back under the same machine load, and the
     # median is over rounds (on this shared 2-core machine one round's walls can differ by 1.5x).
-    def paired(num: str, den: str, key: str = "wall_s") -> list[float]:
-        return [x[key] / y[key] for x, y in zip(res[num], res[den], strict=False)]
+    def paired(name: str, num: str, den: str, key: str) -> None:
+        """`<name>_ratios` per round and their median, `<name>_ratio`."""
+        ratios = [x[key] / y[key] for x, y in zip(res[num], res[den], strict=False)]
+        summary[f"{name}_ratios"], summary[f"{name}_ratio"] = ratios, statistics.median(ratios)
 
     if res["bare_ray"]:
-        summary["ray_ratios"] = paired("autotune", "bare_ray")
-        summary["ray_ratio"] = statistics.median(summary["ray_ratios"])
+        paired("ray", "autotune", "bare_ray", "wall_s")
+        paired("ray_cpu", "autotune", "bare_ray", "cpu_s")
     if res["autotune_mlflow"]:
-        summary["mlflow_ratios"] = paired("autotune_mlflow", "autotune")
-        summary["mlflow_ratio"] = statistics.median(summary["mlflow_ratios"])
-        summary["mlflow_cpu_ratios"] = paired("autotune_mlflow", "autotune", "cpu_s")
-        summary["mlflow_cpu_ratio"] = statistics.median(summary["mlflow_cpu_ratios"])
-    if res["bare_ray"]:
-        summary["ray_cpu_ratios"] = paired("autotune", "bare_ray", "cpu_s")
-        summary["ray_cpu_ratio"] = statistics.median(summary["ray_cpu_ratios"])
+        paired("mlflow", "autotune_mlflow", "autotune", "wall_s")
+        paired("mlflow_cpu", "autotune_mlflow", "autotune", "cpu_s")
     summary["steal_s"] = {k: [round(x["steal_s"], 2) for x in v] for k, v in res.items() if v and "steal_s" in v[0]}
     summary["sampler_ratio"] = summary["autotune_sampler_ms"] / summary["optuna_sqlite_ms"]
     print(json.dumps({k: v for k, v in summary.items() if k != "raw"}, indent=1, default=str))
