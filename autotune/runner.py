@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from autotune.contract import ModelFile, load_model_file
+from autotune.envvars import scoped_env
 from autotune.errors import StudyError
 from autotune.objectives import (
     MEASURED,
@@ -467,7 +468,8 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
             # Tune's own SIGINT handler (TUNE_DISABLE_SIGINT_HANDLER=0) would stop trials one by
             # one and save Ray's experiment state, which autotune does not use: Ctrl-C raises
             # here instead, live trials are marked interrupted and ray.shutdown() ends them.
-            tuner.fit()
+            with scoped_env(_ray_result_loggers()):
+                tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -493,6 +495,25 @@ def _tune(opts, console, study, config, mf, base, objectives, constraints, space
                       f"done. Resume with: {cmd}[/]")
     return SearchOutcome(study, complete, len(final_views) - len(views), searcher.sampler_seconds,
                          time.time() - t_start)
+
+
+# Ray Tune's default result loggers less TensorBoard's: autotune records trials in its study and in
+# MLflow, and the TBX logger (a SummaryWriter with its own thread per trial, an event-file flush per
+# result) cost ~1.3 s of the driver's CPU per 200 no-op trials, on the Tune loop that is the study's
+# critical path (scripts/bench_overhead.py). CSV and JSON stay: Ray's ExperimentAnalysis reads them.
+# Ray's own switches do it: TUNE_DISABLE_AUTO_CALLBACK_LOGGERS drops all three and RAY_TUNE_CALLBACKS
+# adds callbacks by class name (unlike a callback passed to Tune, without a telemetry import:
+# progress.Progress). A user's RAY_TUNE_CALLBACKS is kept, e.g. ray.tune.logger.TBXLoggerCallback.
+_RAY_FILE_LOGGERS = ("ray.tune.logger.CSVLoggerCallback", "ray.tune.logger.JsonLoggerCallback")
+
+
+def _ray_result_loggers() -> dict[str, str]:
+    """The environment Tuner.fit reads its default callbacks from (see _RAY_FILE_LOGGERS)."""
+    if os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS") == "1":
+        return {}  # the user has turned Ray's loggers off
+    theirs = [c.strip() for c in os.environ.get("RAY_TUNE_CALLBACKS", "").split(",") if c.strip()]
+    return {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+            "RAY_TUNE_CALLBACKS": ",".join(theirs + [c for c in _RAY_FILE_LOGGERS if c not in theirs])}
 
 
 def _ray_storage(opts: SearchOptions, study: Study) -> str:

@@ -14,13 +14,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from autotune.envvars import scoped_env
 from autotune.errors import TrackingError
 
 _log = logging.getLogger(__name__)
@@ -94,24 +94,13 @@ class _Permanent(Exception):
     """An operation MLflow will never accept as it is (bad request): set aside, not retried."""
 
 
-@contextmanager
-def _bounded_http(timeout_s: int) -> Iterator[None]:
+def _bounded_http(timeout_s: int) -> AbstractContextManager[None]:
     # MLflow reads these at every request (environment_variables.py, rest_utils.http_request);
     # its default of 7 retries with backoff would block the study for minutes during an outage.
     # The spool is our retry, so one attempt with a short timeout, for our calls only. And
     # set_terminated on a server prints "View run ... at: <url>" to stdout (plus a get_run).
-    new = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
-           "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-    old = {k: os.environ.get(k) for k in new}
-    os.environ.update(new)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return scoped_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+                       "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
 
 
 def _client(uri: str) -> Any:
@@ -762,6 +751,18 @@ def list_studies(tracking_uri: str) -> list[dict[str, Any]]:
 _SENDER_POLL_S = 0.1
 
 
+def _lower_priority() -> None:
+    """The sender below every process of the study: it only uses CPU that nothing else wants.
+    Ray runs trial workers at nice 15 (its worker_niceness), so the nice 10 used before put the
+    sender *above* the trials; SCHED_IDLE (Linux) ranks below any nice level, nice 19 elsewhere.
+    A backlog it leaves while the cores are busy goes out at the study's end, as Ray shuts down."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(AttributeError, OSError):
+            os.nice(19)
+
+
 def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> None:
     """The sender process: apply what the study spools until its stdin closes (the study ended,
     or died: its end of the pipe closes with it); after a "drain" line, send all that is left,
@@ -772,11 +773,7 @@ def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> 
         print("error " + json.dumps({"message": e.message, "fix": e.fix}), flush=True)
         sys.exit(2)
     print("ok", flush=True)
-    with contextlib.suppress(OSError, AttributeError):
-        # Below the study's own processes once the store is open (the study waits for that): it
-        # fills idle CPU instead of taking it from Ray's controller and the trials; a backlog it
-        # leaves is sent by the study's final flush.
-        os.nice(10)
+    _lower_priority()  # only once the store is open: the study waits for that
     stop, drain = threading.Event(), threading.Event()
 
     def watch() -> None:

@@ -65,8 +65,9 @@ def _define_by_run(trial):  # noqa: ANN001, ANN202 - module level: OptunaSearch 
 _SPACE = None
 
 
-def run_bare_ray(trials: int, seed: int) -> dict:
-    """A bare Ray Tune Tuner: OptunaSearch (same sampler kind and space) over the same work."""
+def run_bare_ray(trials: int, seed: int, loggers: str = "default") -> dict:
+    """A bare Ray Tune Tuner: OptunaSearch (same sampler kind and space) over the same work; with
+    loggers="autotune", Ray's result loggers as autotune sets them (CSV and JSON, no TensorBoard)."""
     import logging
 
     _quiet()
@@ -102,7 +103,11 @@ def run_bare_ray(trials: int, seed: int) -> dict:
                                         max_concurrent_trials=2, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-bare-"),
                                       verbose=0))
-        grid = tuner.fit()
+        from autotune.envvars import scoped_env
+        from autotune.runner import _ray_result_loggers
+
+        with scoped_env(_ray_result_loggers() if loggers == "autotune" else {}):
+            grid = tuner.fit()
         errors = sum(1 for r in grid if r.error is not None)
         if errors or len(grid) != trials:
             raise RuntimeError(f"bare Ray Tune run: {errors} errors in {len(grid)} trials")
@@ -184,13 +189,15 @@ def main() -> None:
     a = ap.parse_args()
     only = set(a.only or ["ray", "sampler", "mlflow"])
     _warm_imports()
-    res: dict[str, list] = {"autotune": [], "bare_ray": [], "autotune_mlflow": [],
+    res: dict[str, list] = {"autotune": [], "bare_ray": [], "bare_ray_csvjson": [], "autotune_mlflow": [],
                             "optuna_sqlite": [], "optuna_memory": []}
     for r in range(a.rounds):
         seed = r
         order = [("autotune", lambda seed=seed: run_autotune(a.trials, False, seed))]
         if "ray" in only:
             order.append(("bare_ray", lambda seed=seed: run_bare_ray(a.trials, seed)))
+            # not the target's peer (that is Ray's defaults): how much of the ratio is the loggers
+            order.append(("bare_ray_csvjson", lambda seed=seed: run_bare_ray(a.trials, seed, "autotune")))
         if "mlflow" in only:
             order.append(("autotune_mlflow", lambda seed=seed: run_autotune(a.trials, True, seed)))
         if r % 2:
@@ -211,6 +218,7 @@ def main() -> None:
         "trials": a.trials, "rounds": a.rounds, "command": command(), "machine": machine(),
         "versions": versions(), "date": time.strftime("%Y-%m-%d"), "raw": res,
         "autotune_wall_s": med("autotune", "wall_s"), "bare_ray_wall_s": med("bare_ray", "wall_s"),
+        "bare_ray_csvjson_wall_s": med("bare_ray_csvjson", "wall_s"),
         "mlflow_wall_s": med("autotune_mlflow", "wall_s"),
         "autotune_sampler_ms": 1e3 * med("autotune", "sampler_s_per_trial"),
         "optuna_sqlite_ms": 1e3 * (med("optuna_sqlite", "sampler_s_per_trial") or float("nan")),
@@ -226,6 +234,7 @@ def main() -> None:
     if res["bare_ray"]:
         paired("ray", "autotune", "bare_ray", "wall_s")
         paired("ray_cpu", "autotune", "bare_ray", "cpu_s")
+        paired("ray_same_loggers", "autotune", "bare_ray_csvjson", "wall_s")
     if res["autotune_mlflow"]:
         paired("mlflow", "autotune_mlflow", "autotune", "wall_s")
         paired("mlflow_cpu", "autotune_mlflow", "autotune", "cpu_s")

@@ -57,6 +57,10 @@ def overhead(d: dict) -> str:
         f"Raw Optuna ask/tell with in-memory storage: {_f(d.get('optuna_memory_ms'))} ms per trial; "
         "nearly all of a trial's sampler time on SQLite is commits (~6 ms each here, fsync), which is "
         "what autotune pays for a resumable study.", "",
+        f"Against a bare Ray Tune run with autotune's result loggers (Ray's CSV and JSON, no TensorBoard; not "
+        f"the target's peer, which keeps Ray's defaults): {_f(d.get('ray_same_loggers_ratio'))}× (per round "
+        + ", ".join(_f(x) for x in d.get("ray_same_loggers_ratios", [])) + "). Best round of each variant "
+        "(the least disturbed run): " + ", ".join(f"{k} {_f(v)} s" for k, v in _best(d).items()) + ".", "",
         "Ratios are paired: each round runs the variants back to back (the order reversed every "
         "other round), the ratio is taken within the round, and the table gives the median over "
         "rounds (per round: wall " + ", ".join(_f(x) for x in d.get("ray_ratios", [])) + "; MLflow "
@@ -66,7 +70,10 @@ def overhead(d: dict) -> str:
         "The peer is a fair one: the same Tune set-up (1 CPU per trial, `max_concurrent_trials=2`, "
         "`reuse_actors=True`, Ray's default result loggers), one `tune.report` per epoch (3 per trial) "
         "computing the same synthetic metrics, Optuna's TPE exactly as autotune builds it over the same "
-        "space, and a fresh `ray.init`/`ray.shutdown` inside the timed span on both sides. Driver-side "
+        "space, and a fresh `ray.init`/`ray.shutdown` inside the timed span on both sides. autotune runs "
+        "Tune with Ray's CSV and JSON result loggers but not its TensorBoard one (the trials are in MLflow; "
+        "`runner._RAY_FILE_LOGGERS`); the line under the table gives the ratio with the peer set the same "
+        "way. Driver-side "
         "imports (torch, Ray Tune, Optuna, MLflow, autotune) are done once before anything is timed. "
         "autotune does more per trial than the peer: it keeps a resumable study on SQLite (the running "
         "trial with its params when asked for, its record when it ends), stops trials at rungs "
@@ -90,7 +97,7 @@ def overhead(d: dict) -> str:
         "after every result (~1 ms a trial, growing with the study); a per-key recomputation of the "
         "reported metric names in the searcher (26,000 calls for 200 trials) is gone.",
         "5. MLflow (on vs off): recording moved off the driver's thread into a sender process of its "
-        "own (`tracking._send_forever`, niced), which opens the store, applies what the study "
+        "own (`tracking._send_forever`, at low priority), which opens the store, applies what the study "
         "spools and reports whether the store opened before the first trial (`Recorder.ready`); the "
         "spool is the hand-over, so nothing is lost if it dies. A sender *thread* was tried first "
         "and was no better (1.66x): its ~10-20 ms of MLflow client work per trial held the GIL that "
@@ -112,16 +119,32 @@ def overhead(d: dict) -> str:
         "front updates re-tag only the trials that join or leave the front (all ranks once, at the "
         "end), and a backlog applies only a study's last front snapshot: 497 → ~35 re-tag requests "
         "during a 200-trial study.", "",
-        "Where the MLflow gap goes now: the sender's CPU, read from /proc when the study ends, is "
-        "5.3-5.9 s for the 200 trials: ~2 s to start (importing MLflow 1.3 s, its SQLAlchemy store "
-        "0.6 s) and ~12 ms of MLflow's SQLAlchemy store per trial in isolation (`create_run` 4.6, "
-        "`log_batch` 5.6, `set_terminated` 2.3 ms), more under contention. While trials run, the "
-        "two cores are ~90 % busy with Ray's processes (/proc/stat sampled every second), so that "
-        "work costs wall time whatever its priority: the sender kept up with the study at nice 10 "
-        "and under SCHED_IDLE alike (2-3 records left at the end; 4 studies each, no difference in "
-        "wall time beyond the noise). It is ~2 s per study plus ~12 ms per trial: beside real "
-        "trials (seconds to minutes each) it is small; with an `mlflow server` "
-        "the database work leaves the study's processes.", ""])
+        "7. Then (autotune vs bare Ray 1.14x → 0.97x, MLflow on vs off 1.14x → 1.02x, medians of 6 paired "
+        "rounds of `--only ray --only mlflow`; this table's run is the one above): (a) Ray Tune's TensorBoard "
+        "logger is off in autotune's runs (Ray's own switches: `TUNE_DISABLE_AUTO_CALLBACK_LOGGERS` with the "
+        "CSV and JSON loggers named in `RAY_TUNE_CALLBACKS`, which also skips the telemetry import of item 6). "
+        "It opened a SummaryWriter with its own thread for every trial and flushed an event file for every "
+        "result: ~1.3 s of the driver's main thread in a cProfile of 200 no-op trials, plus its threads' "
+        "share of the GIL. The driver's Tune loop is the study's critical path: its CPU against bare Ray's "
+        "(+1.1-1.2 s) had matched the wall difference (+1.15-1.24 s); with the logger off it fell from "
+        "4.6-5.4 s to 3.2-3.6 s per study (bare Ray 3.5-4.2 s). (b) The MLflow sender runs under SCHED_IDLE "
+        "(nice 19 where there is none). Ray starts trial workers at nice 15 (its `worker_niceness`, seen "
+        "with `ps` during a study), so the sender at nice 10 had three times a trial's CFS weight and took "
+        "the cores from the trials; now it uses what the study leaves. An A/B over 4 paired rounds, tracking "
+        "off = 1: nice 10 1.15x, nice 19 1.08x, SCHED_IDLE 0.79x (noisy, in the expected order).", "",
+        "What is left of the MLflow cost: the sender's own work is unchanged, ~5 s of CPU per 200-trial "
+        "study (~1.6 s to import MLflow and its SQLAlchemy store, ~12-16 ms of MLflow's store per trial: "
+        "some 36 SQL statements through its ORM for `create_run`, `log_batch` and `set_terminated`). Under "
+        "SCHED_IDLE it fills CPU the study leaves idle; on cores the trials keep busy, records wait (they "
+        "go out at the end, as Ray shuts down) instead of the trials. The noise here: the same study runs "
+        "in one of two speeds, 9-10 or 16-17 machine-wide CPU seconds (every process ~1.6x slower in the "
+        "slow runs, steal ~0; per-process CPU sampled every 0.2 s), which is why every ratio is paired and "
+        "the best round of each variant is given too.", ""])
+
+
+def _best(d: dict) -> dict[str, float]:
+    """Each variant's fastest round: on this machine noise only ever adds time."""
+    return {k: min(x["wall_s"] for x in v) for k, v in d.get("raw", {}).items() if v and "wall_s" in v[0]}
 
 
 def _cpu_lines(d: dict) -> list[str]:

@@ -55,6 +55,10 @@ def test_small_study_records_every_trial_front_and_baseline(home: Path) -> None:
     front = compute_front(views, [Objective("accuracy", "max"), Objective("train_time_s", "min")])
     assert tagged == {t.number for t in front.members}
     assert all(t.status == "finished" for t in front.members)
+    # Ray's CSV and JSON result logs are written, its TensorBoard files are not (runner._RAY_FILE_LOGGERS)
+    ray_dir = home / "small" / "ray"
+    assert len(list(ray_dir.rglob("result.json"))) == 10 and len(list(ray_dir.rglob("progress.csv"))) == 10
+    assert not list(ray_dir.rglob("events.out.tfevents*"))
     # a second run of the same command says the study is complete and prints the front
     again = autotune("search", DIGITS, "--trials", "10", "--epochs", "6", "--rungs", "2",
                      "--name", "small", home=home)

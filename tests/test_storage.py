@@ -43,6 +43,28 @@ def test_ray_storage_is_per_study(tmp_path: Path) -> None:
     assert _ray_storage(opts, study) == "s3://bucket/ray/s1"
 
 
+def test_ray_result_loggers_are_csv_and_json_and_the_users_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    from autotune.envvars import scoped_env
+    from autotune.runner import _ray_result_loggers
+
+    def loggers() -> list[str]:
+        with scoped_env(_ray_result_loggers()):
+            return [type(c).__name__ for c in _create_default_callbacks([]) if "Logger" in type(c).__name__]
+
+    monkeypatch.delenv("RAY_TUNE_CALLBACKS", raising=False)
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
+    assert sorted(loggers()) == ["CSVLoggerCallback", "JsonLoggerCallback"]
+    assert "RAY_TUNE_CALLBACKS" not in os.environ  # restored after the block
+    monkeypatch.setenv("RAY_TUNE_CALLBACKS", "ray.tune.logger.TBXLoggerCallback")  # the user wants TensorBoard
+    assert sorted(loggers()) == ["CSVLoggerCallback", "JsonLoggerCallback", "TBXLoggerCallback"]
+    assert os.environ["RAY_TUNE_CALLBACKS"] == "ray.tune.logger.TBXLoggerCallback"
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the user wants none of Ray's
+    monkeypatch.delenv("RAY_TUNE_CALLBACKS")
+    assert loggers() == []
+
+
 def _config(model: str, space: str, space_sha: str = "abc", **kw: object) -> StudyConfig:
     base = dict(name="s", model_file=model, model_sha256="m1", objectives=[("accuracy", "max")],
                 constraints=[], space_file=space, sampler="tpe", epochs=3, trials=4, seed=0,
