@@ -205,8 +205,13 @@ def _sqlite_wal(client: Any) -> None:
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")  # NaN/inf survive as JSON extensions json.loads reads
+    line = (json.dumps(record) + "\n").encode("utf-8")  # NaN/inf survive as JSON extensions
+    with open(path, "ab+") as f:  # positioned at the end
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line  # after a write torn by a crash: this record on a line of its own
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())  # durable before the call returns: a crash right after loses nothing
 
@@ -232,12 +237,15 @@ class Recorder:
         self.spool_dir = Path(spool_dir)
         (self.spool_dir / "blobs").mkdir(parents=True, exist_ok=True)
         self._ops, self._dead = self.spool_dir / "pending.jsonl", self.spool_dir / "failed.jsonl"
+        self._sent = self.spool_dir / "pending.sent"
+        self._sent_at = 0  # pending.sent as this process last read or wrote it
+        self._may_compact = True  # not in the sender while it runs at idle priority (_compact)
         self._http_timeout = http_timeout_s
         from filelock import FileLock
 
         # A drain holds _lock and the spool's lock while it talks to MLflow (the sender process
-        # and the study's own flush take turns); an append takes only the append lock, which a
-        # drain takes too, briefly, to rewrite the file: a study never waits on MLflow.
+        # and the study's own flush take turns); an append takes only the append lock, which
+        # only _compact takes too: a study never waits on MLflow.
         self._lock = threading.RLock()
         self._flock = FileLock(str(self.spool_dir / ".lock"))
         self._append_lock = FileLock(str(self.spool_dir / ".append.lock"))
@@ -349,10 +357,6 @@ class Recorder:
                 return False
             time.sleep(0.5)  # e.g. a pooled connection to a restarted server failed once
 
-    def pending(self) -> int:
-        with self._append_lock:
-            return len(self._read()[0])
-
     def send_all(self, window_s: float = 10.0) -> int:
         """Send everything spooled, patient while records go out (a backlog after an outage can
         take longer than one window on a busy server) and giving up after `window_s` without
@@ -410,6 +414,11 @@ class Recorder:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
 
     # ---- the spool ----
+    # pending.jsonl is only ever appended to while a study runs; pending.sent holds the byte
+    # offset up to which it has been applied. A drain never rewrites the file the study appends
+    # to, so an append never waits on the sender: the sender runs at idle priority, and a study
+    # blocked on a lock it held while descheduled would wait for idle CPU. The file is emptied
+    # once everything in it is sent, by a process that is not at idle priority (_compact).
 
     def _submit(self, kind: str, op_id: str | None = None, **data: Any) -> None:
         op = {"id": op_id or uuid.uuid4().hex, "kind": kind, "study": self.study,
@@ -419,73 +428,113 @@ class Recorder:
         if not self._background and time.monotonic() >= self._retry_at:
             self._drain(time.monotonic() + _CALL_BUDGET_S)
 
-    def _lines(self) -> list[str]:
-        return self._ops.read_text(encoding="utf-8").splitlines() if self._ops.exists() else []
+    def _sent_offset(self) -> int:
+        try:
+            return int(self._sent.read_text(encoding="utf-8").strip() or 0)
+        except (OSError, ValueError):
+            return 0
 
-    def _read(self, lines: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-        """The pending operations, and lines that do not parse (a write torn by a crash)."""
-        ops, bad = [], []
-        for line in self._lines() if lines is None else lines:
-            try:
-                ops.append(json.loads(line))
-            except json.JSONDecodeError:
-                bad.append(line)
-        return ops, [b for b in bad if b.strip()]
-
-    def _rewrite(self, lines: list[str]) -> None:
-        tmp = self._ops.with_suffix(".tmp")
+    def _write_sent(self, offset: int) -> None:
+        tmp = self._sent.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
+            f.write(str(offset))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self._ops)
+        os.replace(tmp, self._sent)
         fd = os.open(self.spool_dir, os.O_RDONLY)
         try:
             os.fsync(fd)  # the rename itself must survive a crash
         finally:
             os.close(fd)
+        self._sent_at = offset
+
+    def _unsent(self, offset: int) -> tuple[list[tuple[int, dict[str, Any]]], bytes]:
+        """The operations after `offset`, each with the offset just past its line (a line that
+        does not parse, a write torn by a crash, as {"kind": "_bad"}), and the bytes after the
+        last newline: an append in progress, or (seen under the append lock) a torn write."""
+        try:
+            with open(self._ops, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return [], b""
+        *lines, tail = data.split(b"\n")
+        out, pos = [], offset
+        for raw in lines:
+            pos += len(raw) + 1
+            if not raw.strip():
+                continue
+            try:
+                out.append((pos, json.loads(raw)))
+            except ValueError:
+                out.append((pos, {"kind": "_bad", "raw": raw.decode("utf-8", "replace")}))
+        return out, tail
+
+    def has_unsent(self) -> bool:
+        """Cheap check for the sender's polling: has the spool grown past what was sent?"""
+        try:
+            return self._ops.stat().st_size > self._sent_at
+        except OSError:
+            return False
+
+    def pending(self) -> int:
+        return len(self._unsent(self._sent_offset())[0])
 
     def _set_aside(self, op: dict[str, Any], why: str) -> None:
         _log.error("MLflow operation %s set aside in %s: %s", op.get("kind", "?"), self._dead, why)
         _append(self._dead, {**op, "error": why})
 
     def _drain(self, deadline: float) -> int:
-        """Apply spooled operations in order until one fails transiently or time is up."""
+        """Apply spooled operations in order until one fails transiently or time is up; returns
+        how many are left."""
         with self._lock, self._flock:
-            with self._append_lock:
-                lines = self._lines()
-            ops, bad = self._read(lines)
-            for line in bad:
-                self._set_aside({"raw": line}, "unreadable spool line")
-            done, sent = 0, []
-            superseded = _superseded_fronts(ops)
+            offset = self._sent_at = self._sent_offset()
+            ops, _ = self._unsent(offset)
+            superseded = _superseded_fronts([op for _, op in ops])
+            done_to, done, sent = offset, 0, []
             try:
-                for i, op in enumerate(ops):
+                for i, (end, op) in enumerate(ops):
                     if time.monotonic() > deadline:
                         break
                     try:
-                        if i not in superseded:
+                        if op.get("kind") == "_bad":
+                            self._set_aside({"raw": op["raw"]}, "unreadable spool line")
+                        elif i not in superseded:
                             self._apply_once_more_on_refusal(op)
-                        sent.append(op["id"])
+                        sent.append(op.get("id"))
                     except _Permanent as e:
                         self._set_aside(op, _redact_text(str(e.__cause__ or e))[:_TAG_LEN])
                     except Exception as e:
                         self._on_outage(e, len(ops) - done)
                         break
-                    done += 1
+                    done_to, done = end, done + 1
             finally:
-                if done or bad:  # removed only now that MLflow has it (or refused it for good)
-                    with self._append_lock:  # keep what was appended while this drain ran
-                        later = self._lines()[len(lines):]
-                        self._rewrite([json.dumps(op) for op in ops[done:]] + later)
-                for op_id in sent:
+                if done_to != offset:  # past it only now that MLflow has it (or refused it for good)
+                    self._write_sent(done_to)
+                for op_id in filter(None, sent):
                     shutil.rmtree(self.spool_dir / "blobs" / op_id, ignore_errors=True)
-            if done and done == len(ops):
-                if self._outage:
+            if done == len(ops):
+                if done and self._outage:
                     _log.warning("MLflow at %s reachable again; spooled operations sent",
                                  redact_uri(self.uri))
                 self._outage, self._delay = False, 1.0
+                if self._may_compact:
+                    self._compact()
             return len(ops) - done
+
+    def _compact(self) -> None:
+        """Empty the spool once all of it is sent, under the append lock so that no append is
+        lost. Nothing appends while the lock is held, so bytes after the last newline are a
+        write torn by a crash: set aside, as an unreadable line would be."""
+        with self._append_lock:
+            ops, tail = self._unsent(self._sent_offset())
+            if ops:
+                return  # appended since the drain read the spool: the next drain sends it
+            if tail.strip():
+                self._set_aside({"raw": tail.decode("utf-8", "replace")}, "unreadable spool line")
+            if self._ops.exists() and self._ops.stat().st_size:
+                self._write_sent(0)  # first: a crash before the truncation replays (idempotent)
+                os.truncate(self._ops, 0)
 
     def _on_outage(self, e: Exception, left: int) -> None:
         if not self._outage:
@@ -774,6 +823,7 @@ def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> 
         sys.exit(2)
     print("ok", flush=True)
     _lower_priority()  # only once the store is open: the study waits for that
+    rec._may_compact = False
     stop, drain = threading.Event(), threading.Event()
 
     def watch() -> None:
@@ -786,10 +836,11 @@ def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> 
     while not stop.wait(_SENDER_POLL_S):
         if time.monotonic() < rec._retry_at:
             continue
-        with contextlib.suppress(OSError):
-            if rec._ops.stat().st_size:
+        if rec.has_unsent():
+            with contextlib.suppress(OSError):
                 rec._drain(time.monotonic() + _CALL_BUDGET_S)
     if drain.is_set():
+        rec._may_compact = True  # the study appends nothing more: the spool can be emptied
         rec.send_all(window_s=10)  # this Recorder has no sender: it sends them itself
 
 

@@ -15,7 +15,7 @@ fi
 if [[ -f scripts/bench_trainer.py ]]; then
   $PY scripts/bench_trainer.py --threads 2 --rounds 7 --epochs 4 --seconds 1.0 --write docs/BENCHMARKS.md
 fi
-$PY scripts/bench_overhead.py --trials 200 --rounds 5 --json "$OUT/overhead.json"
+$PY scripts/bench_overhead.py --trials 200 --rounds 8 --json "$OUT/overhead.json"
 $PY scripts/bench_search.py --seeds 10 --ray-seeds 2 --json "$OUT/search.json"
 $PY scripts/bench_efficiency.py --json "$OUT/efficiency.json"
 $PY scripts/bench_report.py --dir "$OUT"

@@ -193,13 +193,17 @@ def main() -> None:
                             "optuna_sqlite": [], "optuna_memory": []}
     for r in range(a.rounds):
         seed = r
+        # Each ratio's two sides run next to each other (autotune between its two peers, the
+        # informational peer last): the machine's speed drifts, and pairs far apart in time
+        # (the MLflow pair had one to two runs between them before) take in more of the drift.
         order = [("autotune", lambda seed=seed: run_autotune(a.trials, False, seed))]
         if "ray" in only:
-            order.append(("bare_ray", lambda seed=seed: run_bare_ray(a.trials, seed)))
-            # not the target's peer (that is Ray's defaults): how much of the ratio is the loggers
-            order.append(("bare_ray_csvjson", lambda seed=seed: run_bare_ray(a.trials, seed, "autotune")))
+            order.insert(0, ("bare_ray", lambda seed=seed: run_bare_ray(a.trials, seed)))
         if "mlflow" in only:
             order.append(("autotune_mlflow", lambda seed=seed: run_autotune(a.trials, True, seed)))
+        if "ray" in only:
+            # not the target's peer (that is Ray's defaults): how much of the ratio is the loggers
+            order.append(("bare_ray_csvjson", lambda seed=seed: run_bare_ray(a.trials, seed, "autotune")))
         if r % 2:
             order.reverse()
         for name, fn in order:

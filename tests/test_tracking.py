@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import time
@@ -247,6 +248,50 @@ def test_unreachable_store_spools_then_a_new_process_flushes(store: str, tmp_pat
     client = MlflowClient(tracking_uri=store)
     assert len(client.get_metric_history(kids[0].info.run_id, "loss")) == 3
     assert "{torn wri" in (spool / "failed.jsonl").read_text()  # kept aside, not lost
+
+
+def test_records_appended_during_a_drain_wait_for_nothing_and_are_sent_by_the_next(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    spool = tmp_path / "spool"
+    r = Recorder(store, "during", spool)
+    r._background = True  # as in a study: appends only, the sender drains
+    r.log_trial(rec(0))
+    inside, release = threading.Event(), threading.Event()
+    apply = Recorder._do_trial
+
+    def slow(self: Recorder, op: dict) -> None:  # the sender, descheduled mid-drain
+        inside.set()
+        release.wait(10)
+        apply(self, op)
+
+    monkeypatch.setattr(Recorder, "_do_trial", slow)
+    drain = threading.Thread(target=r._drain, args=(time.monotonic() + 30,))
+    drain.start()
+    assert inside.wait(10)
+    t0 = time.monotonic()
+    r.log_trial(rec(1))
+    r.log_trial(rec(2))
+    assert time.monotonic() - t0 < 1.0  # the study never waits on a drain
+    release.set()
+    drain.join(10)
+    assert r.pending() == 2 and sorted(children(store, "during")) == [0]
+    assert r._drain(time.monotonic() + 30) == 0
+    assert sorted(children(store, "during")) == [0, 1, 2]
+    assert (spool / "pending.jsonl").read_bytes() == b""  # all sent: emptied
+
+
+def test_a_write_torn_by_a_crash_keeps_the_next_record_whole(store: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "pending.jsonl").write_text('{"id": "x", "kind": "tri')  # the crash, mid-append
+    r = Recorder(store, "torn", spool)
+    r.log_trial(rec(0))
+    assert sorted(children(store, "torn")) == [0]
+    aside = [json.loads(line) for line in (spool / "failed.jsonl").read_text().splitlines()]
+    assert [a["raw"] for a in aside] == ['{"id": "x", "kind": "tri']  # kept aside, not lost
+    assert r.pending() == 0 and (spool / "pending.jsonl").read_bytes() == b""
 
 
 def test_bad_input_is_refused(store: str, tmp_path: Path) -> None:
