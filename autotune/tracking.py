@@ -429,10 +429,18 @@ class Recorder:
             self._drain(time.monotonic() + _CALL_BUDGET_S)
 
     def _sent_offset(self) -> int:
+        """Where the unsent operations start; 0 (all of them, sent again idempotently) when the
+        offset does not fall on a line's start: the spool was emptied or replaced by hand."""
         try:
-            return int(self._sent.read_text(encoding="utf-8").strip() or 0)
+            offset = int(self._sent.read_text(encoding="utf-8").strip() or 0)
+            with open(self._ops, "rb") as f:
+                if offset > 0:
+                    f.seek(offset - 1)
+                    if f.read(1) != b"\n":
+                        return 0
         except (OSError, ValueError):
             return 0
+        return offset
 
     def _write_sent(self, offset: int) -> None:
         tmp = self._sent.with_suffix(".tmp")

@@ -143,12 +143,18 @@ def overhead(d: dict) -> str:
         "study, the cost of taking the lock. Runs of the overhead benchmark on the way, for the record "
         "(medians, autotune vs bare Ray / MLflow on vs off): (a)+(b) 6 rounds 0.97x / 1.02x; 5 rounds "
         "(bench_all) 1.17x / 1.26x; 8 rounds 0.97x / 1.14x; with (c) and each ratio's two sides run next "
-        "to each other, this table.", "",
-        "What is left of the MLflow cost: the sender's own work is unchanged, ~5 s of CPU per 200-trial "
+        "to each other, this table, and the next run of the same command 0.935x / **1.40x** (five of its "
+        "eight MLflow runs took 27-31 machine CPU-s against 12-13 for the tracking-off run beside them): "
+        "the bare-Ray target held in every run, the MLflow one does not hold reliably here.", "",
+        "What is left of the MLflow cost: the sender's own work is unchanged, ~5-6 s of CPU per 200-trial "
         "study (~1.6 s to import MLflow and its SQLAlchemy store, ~12-16 ms of MLflow's store per trial: "
-        "some 36 SQL statements through its ORM for `create_run`, `log_batch` and `set_terminated`). Under "
-        "SCHED_IDLE it fills CPU the study leaves idle; on cores the trials keep busy, records wait (they "
-        "go out at the end, as Ray shuts down) instead of the trials. The noise here: the same study runs "
+        "some 36 SQL statements through its ORM for `create_run`, `log_batch` and `set_terminated`), and it "
+        "is not free even at idle priority: in per-process samples of tracking-on studies the sender took "
+        "~6 s while the wall grew by 3-5 s over tracking-off ones (probably because the study is "
+        "latency-bound on 2 cores: the driver waits on Ray's processes and theirs on it, and a core "
+        "busy with the sender still costs each hand-over). Under SCHED_IDLE records wait while the "
+        "trials keep the cores busy (they go out at the end, as Ray shuts down) instead of the trials. "
+        "The noise here: the same study runs "
         "in one of two speeds, 9-10 or 16-17 machine-wide CPU seconds (every process ~1.6x slower in the "
         "slow runs, steal ~0; per-process CPU sampled every 0.2 s), which is why every ratio is paired and "
         "the best round of each variant is given too.", ""])

@@ -294,6 +294,18 @@ def test_a_write_torn_by_a_crash_keeps_the_next_record_whole(store: str, tmp_pat
     assert r.pending() == 0 and (spool / "pending.jsonl").read_bytes() == b""
 
 
+def test_a_sent_offset_off_a_line_start_replays_instead_of_skipping(store: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    r = Recorder(store, "stale", spool)
+    r._background = True
+    r.log_trial(rec(0))
+    for stale in ("99999", "7"):  # the spool emptied or replaced by hand; mid-line
+        (spool / "pending.sent").write_text(stale)
+        assert r.pending() == 1
+    assert r._drain(time.monotonic() + 30) == 0
+    assert sorted(children(store, "stale")) == [0]
+
+
 def test_bad_input_is_refused(store: str, tmp_path: Path) -> None:
     with pytest.raises(TrackingError, match="cannot name"):
         Recorder(store, "no'quotes", tmp_path / "spool")
