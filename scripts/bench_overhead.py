@@ -196,9 +196,10 @@ def main() -> None:
         # Each ratio's two sides run next to each other (autotune between its two peers, the
         # informational peer last): the machine's speed drifts, and pairs far apart in time
         # (the MLflow pair had one to two runs between them before) take in more of the drift.
-        order = [("autotune", lambda seed=seed: run_autotune(a.trials, False, seed))]
+        order = []
         if "ray" in only:
-            order.insert(0, ("bare_ray", lambda seed=seed: run_bare_ray(a.trials, seed)))
+            order.append(("bare_ray", lambda seed=seed: run_bare_ray(a.trials, seed)))
+        order.append(("autotune", lambda seed=seed: run_autotune(a.trials, False, seed)))
         if "mlflow" in only:
             order.append(("autotune_mlflow", lambda seed=seed: run_autotune(a.trials, True, seed)))
         if "ray" in only:
