@@ -162,7 +162,15 @@ def _measured(fn) -> dict:  # noqa: ANN001
     b0, s0 = _cpu_jiffies()
     out = fn()
     b1, s1 = _cpu_jiffies()
-    return {**out, "cpu_s": (b1 - b0) / hz, "steal_s": (s1 - s0) / hz}
+    return {**out, "cpu_s": (b1 - b0) / hz, "steal_s": (s1 - s0) / hz, "workers": _job_workers()}
+
+
+def _job_workers() -> int | None:
+    """Worker processes Ray started for the run's job (its log files in the session just ended):
+    2 when the two trial actors are reused throughout; more when Tune kept starting actors that
+    it killed before they ran a trial (scheduler.MultiObjectiveASHA.choose_trial_to_run)."""
+    logs = Path(tempfile.gettempdir()) / "ray" / "session_latest" / "logs"
+    return len(list(logs.glob("worker-*-01000000-*.err"))) if logs.is_dir() else None
 
 
 def _warm_imports() -> None:
@@ -243,6 +251,7 @@ def main() -> None:
     if res["autotune_mlflow"]:
         paired("mlflow", "autotune_mlflow", "autotune", "wall_s")
         paired("mlflow_cpu", "autotune_mlflow", "autotune", "cpu_s")
+    summary["workers"] = {k: [x.get("workers") for x in v] for k, v in res.items() if v and "wall_s" in v[0]}
     summary["steal_s"] = {k: [round(x["steal_s"], 2) for x in v] for k, v in res.items() if v and "steal_s" in v[0]}
     summary["sampler_ratio"] = summary["autotune_sampler_ms"] / summary["optuna_sqlite_ms"]
     print(json.dumps({k: v for k, v in summary.items() if k != "raw"}, indent=1, default=str))

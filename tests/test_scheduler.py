@@ -241,6 +241,36 @@ def test_adapter_decisions_and_missing_metrics() -> None:
     assert "rungs 3 of 9 epochs, eta 2; recorded 2; stopped 1" in sched.debug_string()
 
 
+class _FakeController:
+    """What choose_trial_to_run reads of Tune's controller: its trials and the trial -> actor map."""
+
+    def __init__(self, trials: list, on_the_way: list) -> None:
+        self.trials, self._trial_to_actor = trials, {t: object() for t in on_the_way}
+
+    def get_trials(self) -> list:
+        return self.trials
+
+
+def _trial(name: str, status: str) -> _FakeTrial:
+    t = _FakeTrial(name)
+    t.status = status  # type: ignore[attr-defined]
+    return t
+
+
+def test_the_trial_to_run_is_the_oldest_pending_one_with_no_actor_on_the_way() -> None:
+    sched = _asha()
+    done, old, new, newer = (_trial("done", "TERMINATED"), _trial("old", "PENDING"),
+                             _trial("new", "PENDING"), _trial("newer", "PENDING"))
+    # old's worker is starting: a cached actor goes to new, so that worker is not killed
+    assert sched.choose_trial_to_run(_FakeController([done, old, new, newer], [old])) is new
+    assert sched.choose_trial_to_run(_FakeController([done, old, new, newer], [])) is old
+    # every pending trial has an actor on the way: FIFO, then paused trials, then none
+    assert sched.choose_trial_to_run(_FakeController([old, new], [old, new])) is old
+    paused = _trial("paused", "PAUSED")
+    assert sched.choose_trial_to_run(_FakeController([done, paused], [])) is paused
+    assert sched.choose_trial_to_run(_FakeController([done], [])) is None
+
+
 def test_adapter_refuses_tune_config_metric() -> None:
     sched = _asha()
     assert sched.set_search_properties(None, None) is True
