@@ -257,6 +257,7 @@ class Recorder:
         self._front_tags: dict[tuple[str, int], dict[str, str]] = {}  # a child's pareto tags
         self._retry_at, self._delay, self._outage = 0.0, 1.0, False
         self._sender: subprocess.Popen[bytes] | None = None
+        self._adopted = False  # the sender is the command's standby (start_standby_sender)
         self._background, self._ready = background, False
         self._open_error: TrackingError | None = None
         if not background:
@@ -277,6 +278,10 @@ class Recorder:
             raise self._open_error
         assert self._sender is not None and self._sender.stdout is not None
         line = self._sender.stdout.readline().decode("utf-8", "replace").strip()
+        if not line and self._adopted:  # the standby died (it logs nowhere): a sender that logs
+            self._discard(self._sender)
+            self._sender, self._adopted = self._spawn_sender(), False
+            line = self._sender.stdout.readline().decode("utf-8", "replace").strip()  # type: ignore[union-attr]
         if line == "ok":
             self._ready = True
             return
@@ -406,12 +411,38 @@ class Recorder:
         after every result: MLflow on vs off 1.6x, scripts/bench_overhead.py); a process of its
         own works beside it. The spool is the hand-over: a record is on disk before the study's
         call returns, the sender applies and removes it, and whatever it leaves (it died, the
-        server is down) the study's final flush or the next run sends."""
+        server is down) the study's final flush or the next run sends. The command's standby
+        sender (start_standby_sender) is taken when there is one: it has MLflow imported."""
+        global _standby
+        proc, _standby = _standby, None
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.stdin.write(json.dumps(self._sender_args()).encode() + b"\n")  # type: ignore[union-attr]
+                proc.stdin.flush()  # type: ignore[union-attr]
+                self._adopted = True
+                return proc
+            except OSError:
+                pass
+        self._discard(proc)
+        return self._spawn_sender()
+
+    def _sender_args(self) -> list[str]:
+        return [self.uri, self.study, str(self.spool_dir), str(self._http_timeout)]
+
+    def _spawn_sender(self) -> subprocess.Popen[bytes]:
         with open(self.spool_dir / "sender.log", "ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "autotune.tracking", self.uri, self.study,
-                 str(self.spool_dir), str(self._http_timeout)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+            return subprocess.Popen([sys.executable, "-m", "autotune.tracking", *self._sender_args()],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+
+    @staticmethod
+    def _discard(proc: subprocess.Popen[bytes] | None) -> None:
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()  # type: ignore[union-attr]
 
     # ---- the spool ----
     # pending.jsonl is only ever appended to while a study runs; pending.sent holds the byte
@@ -852,6 +883,49 @@ def _send_forever(uri: str, study: str, spool_dir: str, http_timeout_s: int) -> 
         rec.send_all(window_s=10)  # this Recorder has no sender: it sends them itself
 
 
+_standby: subprocess.Popen[bytes] | None = None
+
+
+def start_standby_sender() -> None:
+    """Start this command's MLflow sender before its study is known. MLflow and its SQL store
+    take ~1.6 s of CPU to import: started by the study's Recorder, beside Ray's start-up, the
+    sender slowed that by 0.4-1.2 s on 2 cores (scripts/bench_overhead.py); started here, it imports
+    them on the core that `autotune search`'s own imports (Ray Tune, Optuna, the model) leave idle.
+    The study's Recorder hands it the store and the spool; discard_standby_sender() ends it if no
+    study does (the command failed first), and it ends by itself when the command's process does."""
+    global _standby
+    if _standby is None or _standby.poll() is not None:
+        _standby = subprocess.Popen([sys.executable, "-m", "autotune.tracking", "--standby"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL)
+
+
+def discard_standby_sender() -> None:
+    """End the standby sender if no study took it."""
+    global _standby
+    proc, _standby = _standby, None
+    Recorder._discard(proc)
+
+
+def _stand_by() -> None:
+    """A standby sender: import what opening a store needs, then wait for the study's Recorder to
+    say which store and spool (one JSON line of _send_forever's arguments; none: exit)."""
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - what it is started early for
+    import mlflow.tracking  # noqa: F401
+
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return
+    uri, study, spool_dir, http_timeout_s = json.loads(line)
+    log = os.open(Path(spool_dir) / "sender.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)  # from here on it logs where a sender the Recorder started would
+    os.close(log)
+    _send_forever(uri, study, spool_dir, int(http_timeout_s))
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    _send_forever(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    if sys.argv[1:] == ["--standby"]:
+        _stand_by()
+    else:
+        _send_forever(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

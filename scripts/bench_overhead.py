@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +55,21 @@ def run_autotune(trials: int, tracking: bool, seed: int) -> dict:
     wall = time.perf_counter() - t0
     assert out.complete, "the no-op study did not finish its trials"
     return {"wall_s": wall, "sampler_s_per_trial": out.sampler_seconds / trials}
+
+
+def run_cli(trials: int, tracking: bool, seed: int) -> dict:
+    """`autotune search` as a user runs it, in a process of its own: its imports, the MLflow
+    sender it starts before them (tracking.start_standby_sender) and its exit are in the span."""
+    home = tempfile.mkdtemp(prefix="bench-overhead-cli-")
+    cmd = [sys.executable, "-m", "autotune", "search", str(NOOP), "--trials", str(trials),
+           "--name", f"noop-cli-{seed}", "--seed", str(seed), "--cpus-per-trial", "1",
+           *(["--tracking-uri", f"sqlite:///{home}/mlflow.db"] if tracking else ["--no-tracking"])]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env={**os.environ, "AUTOTUNE_HOME": home}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, check=False)
+    wall = time.perf_counter() - t0
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    return {"wall_s": wall}
 
 
 def _define_by_run(trial):  # noqa: ANN001, ANN202 - module level: OptunaSearch pickles it
@@ -198,7 +214,7 @@ def main() -> None:
     only = set(a.only or ["ray", "sampler", "mlflow"])
     _warm_imports()
     res: dict[str, list] = {"autotune": [], "bare_ray": [], "bare_ray_csvjson": [], "autotune_mlflow": [],
-                            "optuna_sqlite": [], "optuna_memory": []}
+                            "cli": [], "cli_mlflow": [], "optuna_sqlite": [], "optuna_memory": []}
     for r in range(a.rounds):
         seed = r
         # Each ratio's two sides run next to each other (autotune between its two peers, the
@@ -210,6 +226,9 @@ def main() -> None:
         order.append(("autotune", lambda seed=seed: run_autotune(a.trials, False, seed)))
         if "mlflow" in only:
             order.append(("autotune_mlflow", lambda seed=seed: run_autotune(a.trials, True, seed)))
+            # the same pair as commands, a process each: what a user waits for
+            order.append(("cli", lambda seed=seed: run_cli(a.trials, False, seed)))
+            order.append(("cli_mlflow", lambda seed=seed: run_cli(a.trials, True, seed)))
         if "ray" in only:
             # not the target's peer (that is Ray's defaults): how much of the ratio is the loggers
             order.append(("bare_ray_csvjson", lambda seed=seed: run_bare_ray(a.trials, seed, "autotune")))
@@ -251,6 +270,8 @@ def main() -> None:
     if res["autotune_mlflow"]:
         paired("mlflow", "autotune_mlflow", "autotune", "wall_s")
         paired("mlflow_cpu", "autotune_mlflow", "autotune", "cpu_s")
+        paired("mlflow_cli", "cli_mlflow", "cli", "wall_s")
+        summary["cli_wall_s"], summary["cli_mlflow_wall_s"] = med("cli", "wall_s"), med("cli_mlflow", "wall_s")
     summary["workers"] = {k: [x.get("workers") for x in v] for k, v in res.items() if v and "wall_s" in v[0]}
     summary["steal_s"] = {k: [round(x["steal_s"], 2) for x in v] for k, v in res.items() if v and "steal_s" in v[0]}
     summary["sampler_ratio"] = summary["autotune_sampler_ms"] / summary["optuna_sqlite_ms"]

@@ -392,6 +392,51 @@ def test_the_sender_process_applies_what_the_study_spools(store: str, tmp_path: 
     assert parent(store, "sender").info.status == "FINISHED"
 
 
+def test_a_standby_sender_is_taken_by_the_study_and_sends_its_records(store: str,
+                                                                       tmp_path: Path) -> None:
+    """`autotune search` starts the sender before its study is known (it imports MLflow beside
+    the command's own imports); the study's Recorder hands it the store and the spool."""
+    from autotune import tracking
+
+    tracking.start_standby_sender()
+    standby = tracking._standby
+    assert standby is not None
+    r = Recorder(store, "standby", tmp_path / "spool", background=True)
+    assert r._sender is standby and tracking._standby is None
+    r.start_study({"model": "m.py"}, {})
+    for n in range(3):
+        r.log_trial(rec(n))
+    r.end_study()
+    assert r.send_all(window_s=30) == 0
+    r.close()
+    assert standby.poll() is not None
+    assert sorted(children(store, "standby")) == [0, 1, 2]
+    assert parent(store, "standby").info.status == "FINISHED"
+
+
+def test_a_standby_sender_that_died_is_replaced_and_one_no_study_took_is_ended(
+        store: str, tmp_path: Path) -> None:
+    from autotune import tracking
+
+    tracking.start_standby_sender()
+    r = Recorder(store, "standby-died", tmp_path / "spool", background=True)
+    dead = r._sender
+    assert dead is not None and r._adopted
+    dead.kill()  # after the hand-over, before it said whether the store opened
+    r.ready()  # a new sender, started the usual way, opened it
+    assert r._sender is not dead and not r._adopted
+    r.log_trial(rec(0))
+    assert r.send_all(window_s=30) == 0
+    r.close()
+    assert sorted(children(store, "standby-died")) == [0]
+
+    tracking.start_standby_sender()
+    unused = tracking._standby
+    assert unused is not None
+    tracking.discard_standby_sender()  # the command failed before its study began
+    assert unused.poll() is not None and tracking._standby is None
+
+
 def test_new_sqlite_stores_are_copies_of_one_migrated_schema(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The first new store builds MLflow's migrated schema once into the cache; later stores are
