@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def _ok(flag: bool) -> str:
 
 def overhead(d: dict) -> str:
     r, s, m = d.get("ray_ratio"), d.get("sampler_ratio"), d.get("mlflow_ratio")
+    c = d.get("mlflow_cli_ratio")
     return "\n".join([
         "## Orchestration overhead", "",
         f"Command: `{d['command']}`  ",
@@ -52,8 +54,14 @@ def overhead(d: dict) -> str:
         f"| sampler time per trial (ask + suggest + tell, `sampler_seconds`) vs raw Optuna ask/tell, "
         f"same sampler, space and SQLite storage | {_f(d.get('autotune_sampler_ms'))} ms | "
         f"{_f(d.get('optuna_sqlite_ms'))} ms | {_f(s)}× | ≤ 1.5×: {_ok(s is not None and s <= 1.5)} |",
-        f"| wall time, MLflow on vs off | {_f(d.get('mlflow_wall_s'))} s | {_f(d.get('autotune_wall_s'))} s | "
+        f"| wall time, `autotune search` command (a process each: its imports, Ray, the study, its "
+        f"exit), MLflow on vs off | {_f(d.get('cli_mlflow_wall_s'))} s | {_f(d.get('cli_wall_s'))} s | "
+        f"{_f(c)}× | ≤ 1.1×: {_ok(c is not None and c <= 1.1)} |",
+        f"| wall time, `run_search` in one process (imports done before timing), MLflow on vs off | "
+        f"{_f(d.get('mlflow_wall_s'))} s | {_f(d.get('autotune_wall_s'))} s | "
         f"{_f(m)}× | ≤ 1.1×: {_ok(m is not None and m <= 1.1)} |", "",
+        *_mlflow_lines(d),
+        *_worker_lines(d),
         f"Raw Optuna ask/tell with in-memory storage: {_f(d.get('optuna_memory_ms'))} ms per trial; "
         "nearly all of a trial's sampler time on SQLite is commits (~6 ms each here, fsync), which is "
         "what autotune pays for a resumable study.", "",
@@ -63,10 +71,11 @@ def overhead(d: dict) -> str:
         "(the least disturbed run): " + ", ".join(f"{k} {_f(v)} s" for k, v in _best(d).items()) + ".", "",
         "Ratios are paired: each round runs the variants back to back, each ratio's two sides next "
         "to each other (bare Ray, autotune, autotune with MLflow, then the informational peer; the "
-        "order reversed every other round), the ratio is taken within the round, and the table gives the median over "
-        "rounds (per round: wall " + ", ".join(_f(x) for x in d.get("ray_ratios", [])) + "; MLflow "
-        + ", ".join(_f(x) for x in d.get("mlflow_ratios", [])) + "). On this shared 2-core machine "
-        "the same variant's wall time moved by up to 1.5x between rounds.", "",
+        "order reversed every other round; then the two commands), the ratio is taken within the round, "
+        "and the table gives the median over rounds (per round: wall "
+        + ", ".join(_f(x) for x in d.get("ray_ratios", [])) + "; MLflow, commands "
+        + ", ".join(_f(x) for x in d.get("mlflow_cli_ratios", [])) + "; MLflow, `run_search` "
+        + ", ".join(_f(x) for x in d.get("mlflow_ratios", [])) + ").", "",
         *_cpu_lines(d),
         "The peer is a fair one: the same Tune set-up (1 CPU per trial, `max_concurrent_trials=2`, "
         "`reuse_actors=True`, Ray's default result loggers), one `tune.report` per epoch (3 per trial) "
@@ -120,7 +129,7 @@ def overhead(d: dict) -> str:
         "front updates re-tag only the trials that join or leave the front (all ranks once, at the "
         "end), and a backlog applies only a study's last front snapshot: 497 → ~35 re-tag requests "
         "during a 200-trial study.", "",
-        "7. Then (autotune vs bare Ray 1.14x → 1.02x, MLflow on vs off 1.14x → 1.06x: this table's run): "
+        "7. Then (autotune vs bare Ray 1.14x → 1.02x, MLflow on vs off 1.14x → 1.06x in one run): "
         "(a) Ray Tune's TensorBoard logger is off in autotune's runs (Ray's own switches: "
         "`TUNE_DISABLE_AUTO_CALLBACK_LOGGERS` with the CSV and JSON loggers named in `RAY_TUNE_CALLBACKS`, "
         "which also skips the telemetry import of item 6). It opened a SummaryWriter with its own thread "
@@ -143,21 +152,72 @@ def overhead(d: dict) -> str:
         "study, the cost of taking the lock. Runs of the overhead benchmark on the way, for the record "
         "(medians, autotune vs bare Ray / MLflow on vs off): (a)+(b) 6 rounds 0.97x / 1.02x; 5 rounds "
         "(bench_all) 1.17x / 1.26x; 8 rounds 0.97x / 1.14x; with (c) and each ratio's two sides run next "
-        "to each other, this table, and the next run of the same command 0.935x / **1.40x** (five of its "
-        "eight MLflow runs took 27-31 machine CPU-s against 12-13 for the tracking-off run beside them): "
-        "the bare-Ray target held in every run, the MLflow one does not hold reliably here.", "",
-        "What is left of the MLflow cost: the sender's own work is unchanged, ~5-6 s of CPU per 200-trial "
-        "study (~1.6 s to import MLflow and its SQLAlchemy store, ~12-16 ms of MLflow's store per trial: "
-        "some 36 SQL statements through its ORM for `create_run`, `log_batch` and `set_terminated`), and it "
-        "is not free even at idle priority: in per-process samples of tracking-on studies the sender took "
-        "~6 s while the wall grew by 3-5 s over tracking-off ones (probably because the study is "
-        "latency-bound on 2 cores: the driver waits on Ray's processes and theirs on it, and a core "
-        "busy with the sender still costs each hand-over). Under SCHED_IDLE records wait while the "
-        "trials keep the cores busy (they go out at the end, as Ray shuts down) instead of the trials. "
-        "The noise here: the same study runs "
-        "in one of two speeds, 9-10 or 16-17 machine-wide CPU seconds (every process ~1.6x slower in the "
-        "slow runs, steal ~0; per-process CPU sampled every 0.2 s), which is why every ratio is paired and "
-        "the best round of each variant is given too.", ""])
+        "to each other 1.02x / 1.06x, and the next run of the same command 0.935x / **1.40x** (five of its "
+        "eight MLflow runs took 27-31 machine CPU-s against 12-13 for the tracking-off run beside them: "
+        "item 8 found why).", "",
+        "8. Last: what had looked like a machine with two speeds (the same study at 9-10 or 16-17 "
+        "machine-wide CPU seconds, on either side, in about half the runs) was Ray Tune's actor reuse. "
+        "Per-process CPU showed the slow runs starting a new Ray worker process every ~1.6 s (~1.4 s of "
+        "CPU each) that never ran a trial, and Tune's debug log why: when a trial ends, its cached actor "
+        "goes to the trial the scheduler picks, and FIFO picks the oldest pending trial, which may "
+        "already have a new actor on the way (its worker starting); Tune then kills that worker, the next "
+        "trial asks for a new one, and so on. With trials shorter than a worker's start-up this lasts to "
+        "the end of the study: one trial running at a time beside a worker started and killed over and "
+        "over. Whether a run falls into it is decided by its first trials. autotune's MO-ASHA now picks "
+        "the oldest pending trial with no actor on the way (`MultiObjectiveASHA.choose_trial_to_run`): "
+        "every autotune run since has started 2 workers (the line above); bare Ray keeps Tune's FIFO "
+        "and still falls into it, which is why it is slower here than in earlier runs. Trials longer "
+        "than a worker's start-up get out of it by themselves (the new worker starts before the running "
+        "trial ends), so real studies lost less to it than this benchmark. With both sides steady, "
+        "MLflow's cost became measurable: 1-2 s per 200-trial study in `run_search`. Most of it was the "
+        "sender importing MLflow and its SQL store (~1.6 s of CPU) beside Ray's start-up, which is "
+        "CPU-bound on 2 cores (instrumented runs: `ray.init` 0.4-1.2 s longer with tracking on; "
+        "starting the sender at idle priority only moved the wait to `Recorder.ready`). `autotune "
+        "search` now starts the sender before it imports Ray Tune, Optuna and the model "
+        "(`tracking.start_standby_sender`; ~2 s of single-threaded imports that leave the other core "
+        "idle) and the study's Recorder hands it the store: the command pair in the table. `run_search` "
+        "called from Python has no such head start (its imports are done before timing here), and its "
+        "row keeps the whole cost.", "",
+        "What is left of the MLflow cost (the `run_search` row): the sender's import beside `ray.init` "
+        "(0.4-1.2 s of wall); the driver's own recording, ~1.5 ms per trial on its thread (spooling "
+        "each record durably, 0.9 ms; the list of trials handed over, 0.4 ms); at the end the front "
+        "files (pandas, plotly and matplotlib imported and drawn, ~0.6 s of CPU) and every dominated "
+        "trial's `pareto_rank` tag (one MLflow request each, ~1 s), both while Ray shuts down. The "
+        "sender's per-trial work (~5 s of CPU per study, ~12-16 ms of MLflow's store per trial: some 36 "
+        "SQL statements through its ORM for `create_run`, `log_batch` and `set_terminated`) runs under "
+        "SCHED_IDLE and costs the study little: a SCHED_IDLE busy loop beside tracking-off studies "
+        "changed their wall by -2 % to +10 % (3 paired runs).", ""])
+
+
+def _mlflow_lines(d: dict) -> list[str]:
+    """The MLflow pairs' differences in seconds: a ratio's denominator differs between the rows."""
+    raw = d.get("raw", {})
+    out = []
+    for on, off, what in (("cli_mlflow", "cli", "commands"), ("autotune_mlflow", "autotune", "`run_search`")):
+        diffs = [x["wall_s"] - y["wall_s"] for x, y in zip(raw.get(on, []), raw.get(off, []), strict=False)]
+        if diffs:
+            out.append(f"{what} +{_f(statistics.median(diffs))} s (per round "
+                       + ", ".join(f"{x:+.2f}" for x in diffs) + ")")
+    if not out:
+        return []
+    return ["MLflow on minus off, median of the rounds' differences: " + "; ".join(out) + ". The "
+            "command row is the study as a user runs it (`autotune search model.py`, with and without "
+            "`--no-tracking`); its ratio is over a longer span (the command's ~3 s of interpreter start "
+            "and imports are in both sides), so the seconds are the fairer comparison of the two rows.", ""]
+
+
+def _worker_lines(d: dict) -> list[str]:
+    """Ray worker processes each run started: 2 when its two trial actors were reused throughout."""
+    w = d.get("workers")
+    if not w:
+        return []
+    fast = [(x["wall_s"], y["wall_s"]) for x, y in zip(d["raw"].get("autotune", []), d["raw"].get("bare_ray", []),
+                                                        strict=False) if x.get("workers") == y.get("workers") == 2]
+    both = (f" In the rounds where bare Ray also started only 2 (both sides steady), autotune vs bare Ray: "
+            f"{_f(statistics.median([a / b for a, b in fast]))}× over {len(fast)} round(s)." if fast else "")
+    return ["Ray worker processes each run started (2: its two trial actors were reused to the end; more: "
+            "Tune kept starting actors it killed before they ran a trial, item 8): "
+            + "; ".join(f"{k} " + ", ".join(str(x) for x in v) for k, v in w.items()) + "." + both, ""]
 
 
 def _best(d: dict) -> dict[str, float]:
