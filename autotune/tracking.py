@@ -279,7 +279,7 @@ class Recorder:
         assert self._sender is not None and self._sender.stdout is not None
         line = self._sender.stdout.readline().decode("utf-8", "replace").strip()
         if not line and self._adopted:  # the standby died (it logs nowhere): a sender that logs
-            self._discard(self._sender)
+            _end_process(self._sender)
             self._sender, self._adopted = self._spawn_sender(), False
             line = self._sender.stdout.readline().decode("utf-8", "replace").strip()  # type: ignore[union-attr]
         if line == "ok":
@@ -423,7 +423,7 @@ class Recorder:
                 return proc
             except OSError:
                 pass
-        self._discard(proc)
+        _end_process(proc)
         return self._spawn_sender()
 
     def _sender_args(self) -> list[str]:
@@ -434,15 +434,6 @@ class Recorder:
             return subprocess.Popen([sys.executable, "-m", "autotune.tracking", *self._sender_args()],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
 
-    @staticmethod
-    def _discard(proc: subprocess.Popen[bytes] | None) -> None:
-        if proc is None:
-            return
-        proc.kill()
-        proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
-            with contextlib.suppress(OSError):
-                pipe.close()  # type: ignore[union-attr]
 
     # ---- the spool ----
     # pending.jsonl is only ever appended to while a study runs; pending.sent holds the byte
@@ -904,7 +895,18 @@ def discard_standby_sender() -> None:
     """End the standby sender if no study took it."""
     global _standby
     proc, _standby = _standby, None
-    Recorder._discard(proc)
+    _end_process(proc)
+
+
+def _end_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """Kill a sender nothing will hand a study to (any op it was applying stays spooled)."""
+    if proc is None:
+        return
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):
+            pipe.close()  # type: ignore[union-attr]
 
 
 def _stand_by() -> None:
