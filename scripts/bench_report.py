@@ -183,7 +183,8 @@ def overhead(d: dict) -> str:
         "0.97-1.22x. So the MLflow target is met in some runs and missed in others, by both measures: "
         "MLflow costs about a second per 200-trial study here, give or take a second.", "",
         "What is left of the MLflow cost: in `run_search`, the sender's import beside `ray.init` "
-        "(0.4-1.2 s of wall; in the command, only opening the store, ~0.25 s of CPU); the driver's own recording, ~1.5 ms per trial on its thread (spooling "
+        "(0.4-1.2 s of wall; in the command, only opening the store, ~0.25 s of CPU); the driver's own "
+        "recording, ~1.5 ms per trial on its thread (spooling "
         "each record durably, 0.9 ms; the list of trials handed over, 0.4 ms); at the end the front "
         "files (pandas, plotly and matplotlib imported and drawn, ~0.6 s of CPU) and every dominated "
         "trial's `pareto_rank` tag (one MLflow request each, ~1 s), both while Ray shuts down. The "
