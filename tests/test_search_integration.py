@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from tests.conftest import STUDIES
 
 pytestmark = pytest.mark.integration
 DIGITS = str(STUDIES / "digits" / "model.py")
+NOOP = str(Path(__file__).resolve().parents[1] / "scripts" / "bench_models" / "noop" / "model.py")
 
 
 def autotune(*args: str, home: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -63,6 +65,18 @@ def test_small_study_records_every_trial_front_and_baseline(home: Path) -> None:
     again = autotune("search", DIGITS, "--trials", "10", "--epochs", "6", "--rungs", "2",
                      "--name", "small", home=home)
     assert "is complete" in again.stdout
+
+
+def test_trials_shorter_than_a_workers_start_up_keep_both_trial_actors_busy(home: Path) -> None:
+    """With Tune's FIFO choice, a study of very short trials could stay at one actor running every
+    trial beside a worker started and killed over and over (scheduler.MultiObjectiveASHA.
+    choose_trial_to_run): each trial's result.json names the worker process that ran it. Two or
+    more cores give two or more trial slots (CI has 2)."""
+    autotune("search", NOOP, "--trials", "40", "--cpus-per-trial", "1", "--no-tracking",
+             "--name", "short", home=home)
+    pids = {json.loads(line)["pid"] for f in (home / "short" / "ray").rglob("result.json")
+            for line in f.read_text().splitlines() if line.strip()}
+    assert len(pids) >= 2, f"every trial ran on one worker process: {sorted(pids)}"
 
 
 def test_kill_9_of_the_driver_then_the_same_command_finishes_without_duplicates(home: Path) -> None:
