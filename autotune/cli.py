@@ -133,10 +133,6 @@ def search(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Ray's own logs")] = False,
 ) -> None:
     """Run (or resume) a study: Ray Tune runs trials, Optuna samples policies, early stopping prunes."""
-    from autotune import tracking
-
-    if not no_tracking:
-        tracking.start_standby_sender()  # MLflow's imports beside the ones below, not after
     from autotune.runner import SearchOptions, parse_duration, run_search
 
     try:
@@ -155,8 +151,6 @@ def search(
         err_console.print("interrupted; run the same command again to start or resume the study.",
                           highlight=False)
         raise typer.Exit(130) from None
-    finally:
-        tracking.discard_standby_sender()
     if not outcome.complete:
         raise typer.Exit(130)
 

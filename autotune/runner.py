@@ -29,7 +29,7 @@ from autotune.objectives import (
 )
 from autotune.policy import Policy
 from autotune.study import Study, StudyConfig
-from autotune.tracking import redact_uri
+from autotune.tracking import discard_standby_sender, redact_uri, start_standby_sender
 from autotune.trainable import trainable
 
 _RAY_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0", "RAY_DEDUP_LOGS": "0",
@@ -232,7 +232,17 @@ def _check_same(study: Study, config: StudyConfig) -> StudyConfig:
 
 def run_search(opts: SearchOptions, console: Console | None = None) -> SearchOutcome:
     """Create or resume the study and run its remaining trials on Ray Tune."""
-    console = console or Console()
+    if opts.tracking:
+        # The MLflow sender imports MLflow (~1.6 s of CPU) while this imports the model, Ray Tune
+        # and Optuna (single-threaded, a core left idle), not beside Ray's start-up.
+        start_standby_sender()
+    try:
+        return _search(opts, console or Console())
+    finally:
+        discard_standby_sender()  # if no study took it (an error came first)
+
+
+def _search(opts: SearchOptions, console: Console) -> SearchOutcome:
     t_start = time.time()
     mf, base, objectives, constraints, space = prepare(opts)
     from autotune.scheduler import RungSchedule

@@ -878,12 +878,12 @@ _standby: subprocess.Popen[bytes] | None = None
 
 
 def start_standby_sender() -> None:
-    """Start this command's MLflow sender before its study is known. MLflow and its SQL store
-    take ~1.6 s of CPU to import: started by the study's Recorder, beside Ray's start-up, the
-    sender slowed that by 0.4-1.2 s on 2 cores (scripts/bench_overhead.py); started here, it imports
-    them on the core that `autotune search`'s own imports (Ray Tune, Optuna, the model) leave idle.
-    The study's Recorder hands it the store and the spool; discard_standby_sender() ends it if no
-    study does (the command failed first), and it ends by itself when the command's process does."""
+    """Start the MLflow sender before its study is known. MLflow and its SQL store take ~1.6 s of
+    CPU to import: started by the study's Recorder, beside Ray's start-up, the sender slowed that by
+    0.4-1.2 s on 2 cores (scripts/bench_overhead.py); started first by run_search, it imports them on
+    the core that run_search's own imports (the model, Ray Tune, Optuna) leave idle. The study's
+    Recorder hands it the store and the spool; discard_standby_sender() ends it if no study does
+    (an error came first), and it ends by itself when the process that started it does."""
     global _standby
     if _standby is None or _standby.poll() is not None:
         _standby = subprocess.Popen([sys.executable, "-m", "autotune.tracking", "--standby"],

@@ -79,6 +79,29 @@ def test_trials_shorter_than_a_workers_start_up_keep_both_trial_actors_busy(home
     assert len(pids) >= 2, f"every trial ran on one worker process: {sorted(pids)}"
 
 
+def test_the_study_takes_the_sender_started_before_its_imports(home: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_search starts the MLflow sender first (tracking.start_standby_sender) and the study's
+    Recorder hands it the store: no second sender is started, and it records every trial."""
+    import io
+
+    from rich.console import Console
+
+    from autotune import tracking
+    from autotune.runner import SearchOptions, run_search
+
+    spawned: list[str] = []
+    spawn = tracking.Recorder._spawn_sender
+    monkeypatch.setattr(tracking.Recorder, "_spawn_sender",
+                        lambda self: spawned.append(self.study) or spawn(self))
+    monkeypatch.setenv("AUTOTUNE_HOME", str(home))
+    out = run_search(SearchOptions(model_file=Path(NOOP), trials=4, name="standby", cpus_per_trial=1.0,
+                                   tracking_uri=f"sqlite:///{home / 'mlflow.db'}"),
+                     Console(file=io.StringIO()))
+    assert out.complete and spawned == [] and tracking._standby is None
+    assert len(children(home, "standby")) == 4
+
+
 def test_kill_9_of_the_driver_then_the_same_command_finishes_without_duplicates(home: Path) -> None:
     args = ["search", DIGITS, "--trials", "8", "--epochs", "4", "--no-early-stop", "--name", "k"]
     env = {**os.environ, "AUTOTUNE_HOME": str(home)}
