@@ -180,8 +180,10 @@ def overhead(d: dict) -> str:
         "table. In the `run_search` row those imports are done before timing, so the sender has "
         "nothing to hide behind. Two "
         "8-round runs of this code (the first, then `make bench`: this table): commands 1.07x and 1.11x "
-        "(+1.0 s and +1.5 s), `run_search` 1.18x and 1.06x (+1.8 s and +0.5 s); one round ranges "
-        "0.97-1.22x. So the MLflow target is met in some runs and missed in others, by both measures: "
+        "(+1.0 s and +1.5 s), `run_search` 1.18x and 1.06x (+1.8 s and +0.5 s), with the sender started by "
+        "the CLI; a 6-round run (`--only mlflow`) after its start moved into `run_search`: commands 1.12x, "
+        "`run_search` 1.05x. One round ranges 0.95-1.24x. So the MLflow target is met in some runs and "
+        "missed in others, by both measures: "
         "MLflow costs about a second per 200-trial study here, give or take a second.", "",
         "What is left of the MLflow cost: in `run_search`, the sender's import beside `ray.init` "
         "(0.4-1.2 s of wall; in the command, only opening the store, ~0.25 s of CPU); the driver's own "
