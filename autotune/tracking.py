@@ -257,7 +257,7 @@ class Recorder:
         self._front_tags: dict[tuple[str, int], dict[str, str]] = {}  # a child's pareto tags
         self._retry_at, self._delay, self._outage = 0.0, 1.0, False
         self._sender: subprocess.Popen[bytes] | None = None
-        self._adopted = False  # the sender is the command's standby (start_standby_sender)
+        self._adopted = False  # the sender is the standby started before the study (start_standby_sender)
         self._background, self._ready = background, False
         self._open_error: TrackingError | None = None
         if not background:
@@ -277,11 +277,11 @@ class Recorder:
         if self._open_error is not None:
             raise self._open_error
         assert self._sender is not None and self._sender.stdout is not None
-        line = self._sender.stdout.readline().decode("utf-8", "replace").strip()
+        line = _first_line(self._sender)
         if not line and self._adopted:  # the standby died (it logs nowhere): a sender that logs
             _end_process(self._sender)
             self._sender, self._adopted = self._spawn_sender(), False
-            line = self._sender.stdout.readline().decode("utf-8", "replace").strip()  # type: ignore[union-attr]
+            line = _first_line(self._sender)
         if line == "ok":
             self._ready = True
             return
@@ -411,10 +411,9 @@ class Recorder:
         after every result: MLflow on vs off 1.6x, scripts/bench_overhead.py); a process of its
         own works beside it. The spool is the hand-over: a record is on disk before the study's
         call returns, the sender applies and removes it, and whatever it leaves (it died, the
-        server is down) the study's final flush or the next run sends. The command's standby
-        sender (start_standby_sender) is taken when there is one: it has MLflow imported."""
-        global _standby
-        proc, _standby = _standby, None
+        server is down) the study's final flush or the next run sends. The standby sender
+        (start_standby_sender) is taken when there is one: it has MLflow imported."""
+        proc = _take_standby()
         if proc is not None and proc.poll() is None:
             try:
                 proc.stdin.write(json.dumps(self._sender_args()).encode() + b"\n")  # type: ignore[union-attr]
@@ -433,7 +432,6 @@ class Recorder:
         with open(self.spool_dir / "sender.log", "ab") as log:
             return subprocess.Popen([sys.executable, "-m", "autotune.tracking", *self._sender_args()],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-
 
     # ---- the spool ----
     # pending.jsonl is only ever appended to while a study runs; pending.sent holds the byte
@@ -893,9 +891,19 @@ def start_standby_sender() -> None:
 
 def discard_standby_sender() -> None:
     """End the standby sender if no study took it."""
+    _end_process(_take_standby())
+
+
+def _take_standby() -> subprocess.Popen[bytes] | None:
+    """The standby sender, now the caller's to hand a study to or to end."""
     global _standby
     proc, _standby = _standby, None
-    _end_process(proc)
+    return proc
+
+
+def _first_line(proc: subprocess.Popen[bytes]) -> str:
+    """The sender's report on the store: "ok", "error <json>", or "" if it ended first."""
+    return proc.stdout.readline().decode("utf-8", "replace").strip()  # type: ignore[union-attr]
 
 
 def _end_process(proc: subprocess.Popen[bytes] | None) -> None:

@@ -394,8 +394,8 @@ def test_the_sender_process_applies_what_the_study_spools(store: str, tmp_path: 
 
 def test_a_standby_sender_is_taken_by_the_study_and_sends_its_records(store: str,
                                                                        tmp_path: Path) -> None:
-    """`autotune search` starts the sender before its study is known (it imports MLflow beside
-    the command's own imports); the study's Recorder hands it the store and the spool."""
+    """run_search starts the sender before its study is known (it imports MLflow beside the
+    study's own imports); the study's Recorder hands it the store and the spool."""
     from autotune import tracking
 
     tracking.start_standby_sender()
