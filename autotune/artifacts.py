@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -26,20 +27,38 @@ def front_frame(front: Front) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_front_files(front: Front, folder: Path, title: str) -> dict[str, Path]:
-    """Write pareto.csv/html/png into `folder`; returns name → path of what was written."""
+def write_front_files(front: Front, folder: Path, title: str,
+                      png: bool = True) -> tuple[dict[str, Path], dict[str, Any] | None]:
+    """Write pareto.csv/html (and pareto.png) into `folder`; returns name → path of what was
+    written, and how to draw pareto.png from pareto.csv (draw_front_png's arguments; None when
+    the front has no picture: one objective, or no eligible trial)."""
     folder.mkdir(parents=True, exist_ok=True)
     df = front_frame(front)
     out = {"pareto.csv": folder / "pareto.csv"}
     df.to_csv(out["pareto.csv"], index=False)
     if len(front.objectives) < 2 or df.empty:
-        return out
+        return out, None
     x, y = front.objectives[1].metric, front.objectives[0].metric
     out["pareto.html"] = folder / "pareto.html"
     _html(df, x, y, title, out["pareto.html"])
-    out["pareto.png"] = folder / "pareto.png"
-    _png(df, x, y, title, out["pareto.png"])
-    return out
+    picture = {"x": x, "y": y, "title": title}
+    if png:
+        out["pareto.png"] = folder / "pareto.png"
+        _png(df, x, y, title, out["pareto.png"])
+    return out, picture
+
+
+def draw_front_png(csv: Path, out: Path, x: str, y: str, title: str) -> None:
+    """pareto.png from a pareto.csv that write_front_files wrote. The MLflow sender process draws
+    it at a study's end: matplotlib's import (~0.5 s of CPU) there, at idle priority and ahead of
+    time (warm_up), not on the driver while Ray shuts down (scripts/bench_overhead.py)."""
+    _png(pd.read_csv(csv), x, y, title, out)
+
+
+def warm_up() -> None:
+    """Import what draw_front_png needs."""
+    import matplotlib.backends.backend_agg  # noqa: F401 - Figure.savefig's canvas
+    import matplotlib.figure  # noqa: F401
 
 
 def _html(df: pd.DataFrame, x: str, y: str, title: str, path: Path) -> None:

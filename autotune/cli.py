@@ -220,7 +220,7 @@ def pareto(
     if not front.eligible:
         err_console.print(f"[yellow]study {name} has no finished, feasible trial yet: "
                           "the front is empty.[/]")
-    files = write_front_files(front, out or state.study.dir / "pareto", f"Pareto front of {name}")
+    files, _ = write_front_files(front, out or state.study.dir / "pareto", f"Pareto front of {name}")
     for path in files.values():
         console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 

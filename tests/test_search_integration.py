@@ -57,6 +57,13 @@ def test_small_study_records_every_trial_front_and_baseline(home: Path) -> None:
     front = compute_front(views, [Objective("accuracy", "max"), Objective("train_time_s", "min")])
     assert tagged == {t.number for t in front.members}
     assert all(t.status == "finished" for t in front.members)
+    # The front's files on the parent run and in the study folder; pareto.png is drawn by the
+    # MLflow sender process from the spooled pareto.csv (tracking.Recorder._draw).
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    [top] = client.search_runs([client.get_experiment_by_name("autotune/small").experiment_id],
+                               "tags.`autotune.role` = 'study'")
+    assert {"pareto.csv", "pareto.html", "pareto.png"} <= {a.path for a in client.list_artifacts(top.info.run_id)}
+    assert (home / "small" / "pareto" / "pareto.png").read_bytes().startswith(b"\x89PNG")
     # Ray's CSV and JSON result logs are written, its TensorBoard files are not (runner._RAY_FILE_LOGGERS)
     ray_dir = home / "small" / "ray"
     assert len(list(ray_dir.rglob("result.json"))) == 10 and len(list(ray_dir.rglob("progress.csv"))) == 10

@@ -115,8 +115,17 @@ def test_curves_are_steps_and_relog_is_idempotent(store: str, tmp_path: Path) ->
     hist = client.get_metric_history(kids[7].info.run_id, "loss")
     assert sorted(m.step for m in hist) == [1, 2, 3, 4, 5]
     acc = client.get_metric_history(kids[7].info.run_id, "acc")
-    assert sorted(m.step for m in acc) == [1, 2, 3, 4, 5, 5]  # curve + final value at the end
-    assert kids[7].data.metrics["acc"] == pytest.approx(0.57)  # the final value is the latest
+    # The final value is the curve's last point: not logged a second time at step 5.
+    assert sorted(m.step for m in acc) == [1, 2, 3, 4, 5]
+    assert kids[7].data.metrics["acc"] == pytest.approx(0.57)
+    assert [m.step for m in client.get_metric_history(kids[7].info.run_id, "cost/time_s")] == [5]
+    # A final value that differs from the curve's end (measured after training) is the latest.
+    other = rec(8, epochs=3)
+    other.metrics["acc"] = 0.9
+    r.log_trial(other)
+    kid8 = children(store, "idem")[8]
+    assert sorted(m.step for m in client.get_metric_history(kid8.info.run_id, "acc")) == [1, 2, 3, 3]
+    assert kid8.data.metrics["acc"] == pytest.approx(0.9)
     # An update may change the status (a trial resumed after a crash finishes later).
     r.log_trial(rec(7, "diverged", epochs=5, acc=math.nan, error="loss is NaN"))
     kid = children(store, "idem")[7]
@@ -364,6 +373,32 @@ def test_server_killed_mid_study(server: MlflowServer, tmp_path: Path) -> None:
     assert len(client.get_metric_history(kids[0].info.run_id, "loss")) == 3
     [study] = list_studies(server.uri)
     assert (study["name"], study["trials"], study["front"]) == ("live", 7, 4)
+
+
+def test_a_summary_picture_is_drawn_from_its_spooled_data_and_a_bad_one_is_left_out(
+        store: str, tmp_path: Path) -> None:
+    """pareto.png is drawn where the summary is sent (the sender process at a study's end), from
+    the spooled copy of pareto.csv; one that cannot be drawn does not hold the rest back."""
+    r = Recorder(store, "drawn", tmp_path / "spool")
+    r.start_study({}, {})
+    csv = tmp_path / "pareto.csv"
+    csv.write_text("trial,pareto_rank,on_front,baseline,accuracy,train_flops,policy\n"
+                   "0,0,True,True,0.9,100.0,{}\n1,0,True,False,0.8,40.0,{}\n"
+                   "2,1,False,False,0.7,60.0,{}\n")
+    also = tmp_path / "study" / "pareto.png"
+    also.parent.mkdir()
+    how = {"data": "pareto.csv", "x": "train_flops", "y": "accuracy", "title": "t"}
+    r.log_study_summary({"front_size": 2.0}, {"pareto.csv": csv},
+                        drawn={"pareto.png": {**how, "also_to": str(also)},
+                               "bad.png": {**how, "x": "no_such_metric"},
+                               "orphan.png": {**how, "data": "not_spooled.csv"}})
+    assert r.pending() == 0
+    top = parent(store, "drawn")
+    client = MlflowClient(tracking_uri=store)
+    assert sorted(f.path for f in client.list_artifacts(top.info.run_id)) == ["pareto.csv", "pareto.png"]
+    got = Path(client.download_artifacts(top.info.run_id, "pareto.png", str(tmp_path / "dl")))
+    assert got.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert also.read_bytes() == got.read_bytes()
 
 
 def test_the_sender_process_applies_what_the_study_spools(store: str, tmp_path: Path) -> None:
