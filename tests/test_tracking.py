@@ -512,3 +512,28 @@ def test_new_sqlite_stores_are_copies_of_one_migrated_schema(tmp_path: Path,
     client = _client(f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}")
     assert [e.name for e in client.search_experiments()] == ["Default"]
     assert schema(tmp_path / "c" / "mlflow.db") == schema(plain)
+
+
+def test_the_append_lock_excludes_other_processes_and_threads(tmp_path: Path) -> None:
+    """The spool's append lock (flock on a descriptor kept open) against another process taking
+    it as the sender's _compact does, and against a second thread of the same process."""
+    import subprocess
+    import sys
+    import threading
+
+    from autotune.tracking import _AppendLock
+
+    path = tmp_path / ".append.lock"
+    try_lock = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+                "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+    lock = _AppendLock(path)
+    with lock:
+        held = subprocess.run([sys.executable, "-c", try_lock, str(path)], capture_output=True)
+        assert held.returncode != 0 and b"BlockingIOError" in held.stderr
+        other = threading.Thread(target=lambda: lock.__enter__() or lock.__exit__())
+        other.start()
+        other.join(0.3)
+        assert other.is_alive()  # waits for this thread's hold
+    other.join(5)
+    assert not other.is_alive()
+    assert subprocess.run([sys.executable, "-c", try_lock, str(path)]).returncode == 0
