@@ -205,9 +205,14 @@ def _sqlite_wal(client: Any) -> None:
     of the driver's recording time in a profile of 200 trials (scripts/bench_overhead.py)."""
     from autotune.sqlite import use_wal
 
-    engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
-    if engine is not None:
+    if (engine := _store_engine(client)) is not None:
         use_wal(engine)
+
+
+def _store_engine(client: Any) -> Any:
+    """The SQLAlchemy engine behind an MlflowClient's SQL store (MLflow's private attributes);
+    None for other stores."""
+    return getattr(getattr(getattr(client, "_tracking_client", None), "store", None), "engine", None)
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -382,7 +387,7 @@ class Recorder:
         self._submit("summary", op_id=op_id, metrics=_metrics(metrics), step=step, blobs=blobs,
                      mts=None if timestamp_ms is None else int(timestamp_ms),
                      series=[[_key(k), float(v), int(ts), int(st)] for k, v, ts, st in series or ()],
-                     drawn={k: v for k, v in (drawn or {}).items() if v.get("data") in blobs})
+                     drawn=drawn or {})  # one whose data is not spooled is left out when sent
 
     def end_study(self, status: str = "FINISHED") -> None:
         if status not in ("FINISHED", "FAILED", "KILLED"):
@@ -448,9 +453,7 @@ class Recorder:
 
     def close_store(self) -> None:
         """Close the store's connections (a SQLite store folds its WAL back into the file)."""
-        engine = getattr(getattr(getattr(self._client, "_tracking_client", None), "store", None),
-                         "engine", None)
-        if engine is not None:
+        if (engine := _store_engine(self._client)) is not None:
             engine.dispose()
 
     def _start_sender(self) -> subprocess.Popen[bytes]:
